@@ -1,0 +1,72 @@
+# FieldSync: every target sets itself up; a fresh machine needs only Python (pyenv) and make.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The cloud side targets the python3.13 Lambda runtime; the agent is also tested on 3.9.
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null) $(shell command -v python3))
+PYTHON39  ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3) $(shell command -v python3.9 2>/dev/null))
+
+VENV      := .venv
+VENV39    := .venv39
+VENV_SAM  := .venv-sam
+BIN       := $(VENV)/bin
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: help test lint typecheck unit test-py39 demo bench sam-build clean
+
+help:
+	@echo "make test       lint, type-check and run the whole test suite (creates .venv)"
+	@echo "make demo       start the embedded local cloud and show two devices syncing"
+	@echo "make bench      run the benchmarks and write docs/benchmarks.md"
+	@echo "make sam-build  build the Lambda functions and layer with aws-sam-cli"
+
+$(BIN)/.installed: requirements/dev.lock pyproject.toml
+	@test -x "$(BIN)/python" || $(PYTHON313) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) -r requirements/dev.lock
+	$(BIN)/pip install $(PIP_QUIET) --no-deps -e .
+	@touch $@
+
+$(VENV39)/.installed: requirements/py39.lock pyproject.toml
+	@test -x "$(VENV39)/bin/python" || $(PYTHON39) -m venv $(VENV39)
+	$(VENV39)/bin/pip install $(PIP_QUIET) -r requirements/py39.lock
+	$(VENV39)/bin/pip install $(PIP_QUIET) --no-deps -e .
+	@touch $@
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest -q
+
+# The device agent must keep working on the oldest Python a field device runs.
+test-py39:
+ifneq ($(strip $(PYTHON39)),)
+	$(MAKE) $(VENV39)/.installed
+	$(VENV39)/bin/pytest -q -m agent -p no:cacheprovider
+else
+	@echo "Python 3.9 not found: skipping the agent tests on 3.9"
+endif
+
+test: lint typecheck unit test-py39
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m local.demo
+
+bench: $(BIN)/.installed
+	$(BIN)/pip install $(PIP_QUIET) -r requirements/bench.lock
+	$(BIN)/python -m bench.run_all
+
+$(VENV_SAM)/.installed: requirements/sam.lock
+	@test -x "$(VENV_SAM)/bin/python" || $(PYTHON313) -m venv $(VENV_SAM)
+	$(VENV_SAM)/bin/pip install $(PIP_QUIET) -r requirements/sam.lock
+	@touch $@
+
+sam-build: $(VENV_SAM)/.installed
+	PATH="$(dir $(PYTHON313)):$$PATH" $(VENV_SAM)/bin/sam build --cached --parallel
+
+clean:
+	rm -rf $(VENV) $(VENV39) $(VENV_SAM) .aws-sam .mypy_cache .pytest_cache .ruff_cache

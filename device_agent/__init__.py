@@ -1,0 +1,1 @@
+"""FieldSync device agent: placeholder until the agent lands."""

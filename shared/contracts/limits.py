@@ -1,0 +1,16 @@
+"""Protocol limits, as named in PROTOCOL.md. Servers may lower them by configuration."""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+
+MAX_OPS_PER_BATCH = 500
+MAX_BATCH_BYTES = 5 * 1024 * 1024
+MAX_OP_BYTES = 350 * 1024
+MAX_KEY_CHARS = 256
+MAX_COLLECTION_CHARS = 64
+MAX_FIELD_NAME_CHARS = 128
+COLLECTION_PATTERN = r"[a-z0-9_-]{1,64}"
+MAX_CLOCK_SKEW_S = 300
+DEFAULT_CHANGES_LIMIT = 100
+MAX_CHANGES_LIMIT = 1000

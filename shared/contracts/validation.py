@@ -1,0 +1,284 @@
+"""Parsing wire JSON into protocol types, reporting every problem with its field path.
+
+Whole-request problems raise `ContractError` (the server answers 400 with all of them).
+A problem inside one op of a batch does not fail the batch: `parse_batch` returns a
+`RejectedOp` in that op's place so the rest can be applied.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from shared.contracts import limits
+from shared.contracts.enums import ErrorCode, OpKind, OpStatus, Priority
+from shared.contracts.hlc import is_hlc
+from shared.contracts.model import (
+    BatchResponse,
+    ChangesPage,
+    JsonObject,
+    Op,
+    OpError,
+    OpResult,
+    Record,
+    RecordClock,
+    encoded_size,
+)
+
+_COLLECTION_RE = re.compile(rf"^{limits.COLLECTION_PATTERN}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HLC_HINT = "expected an HLC like 1764000000000-00000-dev-7f3a"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ContractError(ValueError):
+    """Input that does not follow the protocol; `problems` lists each one with its path."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(problem) for problem in problems))
+
+
+@dataclass(frozen=True)
+class RejectedOp:
+    """An op of a batch that failed validation: it is answered `rejected` alone."""
+
+    index: int
+    op_id: Optional[str]
+    code: ErrorCode
+    message: str
+
+    def to_result(self) -> OpResult:
+        return OpResult(self.op_id, OpStatus.REJECTED, error=OpError(self.code, self.message))
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    batch_id: str
+    items: list[Union[Op, RejectedOp]]
+
+    @property
+    def ops(self) -> list[Op]:
+        return [item for item in self.items if isinstance(item, Op)]
+
+
+def _describe(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+def check_collection(value: Any, path: str) -> list[Problem]:
+    if not isinstance(value, str):
+        return [Problem(path, f"must be a string, got {_describe(value)}")]
+    if not _COLLECTION_RE.match(value):
+        return [Problem(path, "must be 1-64 characters of lowercase letters, digits, '_' or '-'")]
+    return []
+
+
+def check_key(value: Any, path: str) -> list[Problem]:
+    if not isinstance(value, str):
+        return [Problem(path, f"must be a string, got {_describe(value)}")]
+    if not value:
+        return [Problem(path, "must not be empty")]
+    if len(value) > limits.MAX_KEY_CHARS:
+        return [Problem(path, f"longer than {limits.MAX_KEY_CHARS} characters")]
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        return [Problem(path, "must not contain control characters")]
+    return []
+
+
+def check_data(value: Any, path: str, *, allow_null_fields: bool) -> list[Problem]:
+    if not isinstance(value, dict):
+        return [Problem(path, f"must be a JSON object, got {_describe(value)}")]
+    problems: list[Problem] = []
+    for name, field_value in value.items():
+        if not 1 <= len(name) <= limits.MAX_FIELD_NAME_CHARS:
+            problems.append(
+                Problem(f"{path}.{name[:32]!r}", "field names must be 1-128 characters long")
+            )
+        elif field_value is None and not allow_null_fields:
+            problems.append(
+                Problem(f"{path}.{name}", "null is only allowed in a patch (to remove a field)")
+            )
+    return problems
+
+
+def _op_problems(raw: JsonObject, path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if not isinstance(raw.get("op_id"), str) or not _ID_RE.match(raw["op_id"]):
+        problems.append(Problem(f"{path}.op_id", "must be 1-64 characters of [A-Za-z0-9_-]"))
+    problems += check_collection(raw.get("collection"), f"{path}.collection")
+    problems += check_key(raw.get("key"), f"{path}.key")
+    kind = raw.get("kind")
+    if kind not in {k.value for k in OpKind}:
+        problems.append(Problem(f"{path}.kind", "must be one of put, patch, delete"))
+    if not is_hlc(raw.get("hlc")):
+        problems.append(Problem(f"{path}.hlc", _HLC_HINT))
+    priority = raw.get("priority", int(Priority.NORMAL))
+    if isinstance(priority, bool) or priority not in {int(p) for p in Priority}:
+        problems.append(Problem(f"{path}.priority", "must be an integer from 0 to 4"))
+    data = raw.get("data")
+    if kind == OpKind.DELETE.value:
+        if data is not None:
+            problems.append(Problem(f"{path}.data", "a delete carries no data"))
+    elif kind in (OpKind.PUT.value, OpKind.PATCH.value):
+        if "data" not in raw:
+            problems.append(Problem(f"{path}.data", f"required for a {kind}"))
+        else:
+            problems += check_data(
+                data, f"{path}.data", allow_null_fields=kind == OpKind.PATCH.value
+            )
+            if kind == OpKind.PATCH.value and data == {}:
+                problems.append(Problem(f"{path}.data", "a patch must set at least one field"))
+    unknown = sorted(set(raw) - {"op_id", "collection", "key", "kind", "data", "hlc", "priority"})
+    if unknown:
+        problems.append(Problem(path, f"unknown fields: {', '.join(unknown)}"))
+    return problems
+
+
+def parse_op(raw: Any, path: str = "op") -> Op:
+    """Parse one op, raising ContractError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ContractError([Problem(path, f"must be a JSON object, got {_describe(raw)}")])
+    problems = _op_problems(raw, path)
+    if problems:
+        raise ContractError(problems)
+    size = encoded_size(raw)
+    if size > limits.MAX_OP_BYTES:
+        raise ContractError(
+            [Problem(path, f"encoded size {size} bytes exceeds {limits.MAX_OP_BYTES} bytes")]
+        )
+    kind = OpKind(raw["kind"])
+    return Op(
+        op_id=raw["op_id"],
+        collection=raw["collection"],
+        key=raw["key"],
+        kind=kind,
+        hlc=raw["hlc"],
+        data=None if kind is OpKind.DELETE else dict(raw["data"]),
+        priority=Priority(raw.get("priority", int(Priority.NORMAL))),
+    )
+
+
+def parse_batch(raw: Any, *, max_ops: int = limits.MAX_OPS_PER_BATCH) -> ParsedBatch:
+    """Parse a `POST /v1/batches` body.
+
+    Raises ContractError for problems with the envelope; an invalid op becomes a RejectedOp
+    (code `too_large` for an oversized op, `invalid_op` otherwise).
+    """
+    if not isinstance(raw, dict):
+        raise ContractError([Problem("body", f"must be a JSON object, got {_describe(raw)}")])
+    problems: list[Problem] = []
+    batch_id = raw.get("batch_id")
+    if not isinstance(batch_id, str) or not _ID_RE.match(batch_id):
+        problems.append(Problem("batch_id", "must be 1-64 characters of [A-Za-z0-9_-]"))
+    ops = raw.get("ops")
+    if not isinstance(ops, list):
+        problems.append(Problem("ops", f"must be an array of ops, got {_describe(ops)}"))
+    elif not ops:
+        problems.append(Problem("ops", "must contain at least one op"))
+    unknown = sorted(set(raw) - {"batch_id", "ops"})
+    if unknown:
+        problems.append(Problem("body", f"unknown fields: {', '.join(unknown)}"))
+    if problems:
+        raise ContractError(problems)
+    assert isinstance(ops, list) and isinstance(batch_id, str)
+    if len(ops) > max_ops:
+        raise BatchTooLarge(f"{len(ops)} ops in one batch; at most {max_ops} are accepted")
+    items: list[Union[Op, RejectedOp]] = []
+    for index, raw_op in enumerate(ops):
+        path = f"ops[{index}]"
+        try:
+            items.append(parse_op(raw_op, path))
+        except ContractError as exc:
+            op_id = raw_op.get("op_id") if isinstance(raw_op, dict) else None
+            code = ErrorCode.TOO_LARGE if "exceeds" in str(exc) else ErrorCode.INVALID_OP
+            items.append(
+                RejectedOp(index, op_id if isinstance(op_id, str) else None, code, str(exc))
+            )
+    return ParsedBatch(batch_id, items)
+
+
+class BatchTooLarge(ValueError):
+    """More ops or bytes in one request than the server accepts (HTTP 413)."""
+
+
+def parse_record(raw: Any, path: str = "record") -> Record:
+    if not isinstance(raw, dict):
+        raise ContractError([Problem(path, f"must be a JSON object, got {_describe(raw)}")])
+    problems = check_collection(raw.get("collection"), f"{path}.collection")
+    problems += check_key(raw.get("key"), f"{path}.key")
+    data = raw.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(Problem(f"{path}.data", "must be a JSON object"))
+    clock = raw.get("clock")
+    reset: str = ""
+    fields: dict[str, str] = {}
+    if not isinstance(clock, dict):
+        problems.append(Problem(f"{path}.clock", "must be an object with reset and fields"))
+    else:
+        reset = clock.get("reset") or ""
+        fields = clock.get("fields") or {}
+        if reset and not is_hlc(reset):
+            problems.append(Problem(f"{path}.clock.reset", _HLC_HINT))
+        if not isinstance(fields, dict) or not all(is_hlc(v) for v in fields.values()):
+            problems.append(Problem(f"{path}.clock.fields", f"values: {_HLC_HINT}"))
+    if problems:
+        raise ContractError(problems)
+    return Record(raw["collection"], raw["key"], dict(data), RecordClock(reset, dict(fields)))
+
+
+def parse_op_result(raw: Any, path: str) -> OpResult:
+    if not isinstance(raw, dict):
+        raise ContractError([Problem(path, "must be a JSON object")])
+    try:
+        status = OpStatus(raw.get("status"))
+    except ValueError as exc:
+        raise ContractError([Problem(f"{path}.status", "unknown status")]) from exc
+    record = parse_record(raw["record"], f"{path}.record") if raw.get("record") else None
+    error = None
+    if isinstance(raw.get("error"), dict):
+        err = raw["error"]
+        try:
+            code = ErrorCode(err.get("code"))
+        except ValueError:
+            code = ErrorCode.INVALID_OP
+        details = err.get("details") if isinstance(err.get("details"), dict) else None
+        error = OpError(code, str(err.get("message", "")), details)
+    op_id = raw.get("op_id")
+    return OpResult(op_id if isinstance(op_id, str) else None, status, record, error)
+
+
+def parse_batch_response(raw: Any) -> BatchResponse:
+    if not isinstance(raw, dict) or not isinstance(raw.get("results"), list):
+        raise ContractError([Problem("body", "a batch response needs a results array")])
+    server_time = raw.get("server_time")
+    if not isinstance(server_time, str) or not is_hlc(server_time):
+        raise ContractError([Problem("server_time", _HLC_HINT)])
+    results = [parse_op_result(item, f"results[{i}]") for i, item in enumerate(raw["results"])]
+    return BatchResponse(str(raw.get("batch_id", "")), server_time, results)
+
+
+def parse_changes_page(raw: Any) -> ChangesPage:
+    if not isinstance(raw, dict) or not isinstance(raw.get("changes"), list):
+        raise ContractError([Problem("body", "a changes page needs a changes array")])
+    if not isinstance(raw.get("cursor"), str):
+        raise ContractError([Problem("cursor", "must be a string")])
+    changes = [parse_record(item, f"changes[{i}]") for i, item in enumerate(raw["changes"])]
+    return ChangesPage(changes, raw["cursor"], bool(raw.get("has_more")))
