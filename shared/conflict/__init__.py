@@ -1,6 +1,6 @@
 """Conflict resolution: pure functions shared by the Lambdas and the device's local view."""
 
-from shared.conflict.lww import apply_lww, empty_record
+from shared.conflict.lww import apply_lww, empty_record, merge_records
 from shared.conflict.registry import (
     ConflictRegistry,
     UnknownResolver,
@@ -18,6 +18,7 @@ __all__ = [
     "apply_lww",
     "check_convergence",
     "empty_record",
+    "merge_records",
     "parse_assignments",
     "replay",
 ]

@@ -73,3 +73,26 @@ def _status(written: int, requested: int) -> OpStatus:
     if written == requested:
         return OpStatus.APPLIED
     return OpStatus.MERGED if written else OpStatus.SUPERSEDED
+
+
+def merge_records(left: Optional[Record], right: Optional[Record]) -> Optional[Record]:
+    """The record holding both histories: what applying the ops behind each side would give.
+
+    Used by the device to fold a record from the cloud into its replica; commutative,
+    associative and idempotent, so changes may arrive twice or out of order.
+    """
+    if left is None or right is None:
+        return left if right is None else right
+    reset = max(left.clock.reset, right.clock.reset)
+    data: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    for side in (left, right):
+        for name, hlc in side.clock.fields.items():
+            if hlc < reset or hlc <= fields.get(name, ""):
+                continue
+            fields[name] = hlc
+            if name in side.data:
+                data[name] = side.data[name]
+            else:
+                data.pop(name, None)
+    return Record(left.collection, left.key, data, RecordClock(reset, fields))
