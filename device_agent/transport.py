@@ -1,0 +1,370 @@
+"""HTTP to the FieldSync API: one typed outcome per whole-request result (PROTOCOL.md).
+
+The sync engine never sees an exception from the network: every call returns a value it
+can act on (`Accepted`, `Page`, `BadRequest`, `AuthFailed`, `TooLarge`, `CursorExpired`,
+`Throttled`, `ServerError`, `Unreachable`). `Transport` is the interface; `HttpTransport`
+speaks HTTP with `requests`, and `device_agent.testing.FaultTransport` wraps any transport
+to inject failures.
+
+The device token goes only into the Authorization header: it is never logged and never
+shown by `repr`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Union
+
+import requests
+
+from shared.contracts import (
+    BatchResponse,
+    ChangesPage,
+    ContractError,
+    Op,
+    encoded_size,
+    limits,
+    parse_batch_response,
+    parse_changes_page,
+)
+
+log = logging.getLogger("device_agent.transport")
+
+DEFAULT_GZIP_THRESHOLD = 8 * 1024
+# Bytes of the batch envelope around the ops: {"batch_id":"<36>","ops":[...]} and commas.
+_ENVELOPE_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes on the wire for one request (request body as sent, response body as received)."""
+
+    sent: int = 0
+    received: int = 0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """200 from POST /v1/batches: one result per op."""
+
+    response: BatchResponse
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class Page:
+    """200 from GET /v1/changes."""
+
+    page: ChangesPage
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class Healthy:
+    """200 from GET /v1/health."""
+
+    server_time: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """400: malformed JSON or schema. The sender bisects to find the bad op."""
+
+    code: str
+    message: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class AuthFailed:
+    """401/403: token missing, invalid or revoked. Retrying cannot help until it changes."""
+
+    status: int
+    message: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """413: more ops or bytes than the server accepts. The sender halves its batch."""
+
+    message: str
+    max_ops: Optional[int] = None
+    max_bytes: Optional[int] = None
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class CursorExpired:
+    """410 from /v1/changes: the cursor is older than the tombstone retention."""
+
+    message: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """429 or 503: wait at least `retry_after` seconds (when given), then resend."""
+
+    status: int
+    retry_after: Optional[float]
+    message: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """Any other 5xx, an unexpected status, or a 200 whose body breaks the protocol."""
+
+    status: int
+    message: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """No HTTP answer at all: DNS, refused connection, reset, timeout."""
+
+    reason: str
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+Failure = Union[
+    BadRequest, AuthFailed, TooLarge, CursorExpired, Throttled, ServerError, Unreachable
+]
+PushOutcome = Union[Accepted, Failure]
+PullOutcome = Union[Page, Failure]
+HealthOutcome = Union[Healthy, Failure]
+Outcome = Union[Accepted, Page, Healthy, Failure]
+
+
+class Transport(Protocol):
+    """What the sync engine needs from the network. Implementations never raise for
+    network or HTTP failures: they return the matching outcome."""
+
+    def health(self) -> HealthOutcome: ...
+
+    def push(self, batch_id: str, ops: Sequence[Op]) -> PushOutcome: ...
+
+    def pull(self, after: Optional[str], limit: int) -> PullOutcome: ...
+
+    def close(self) -> None: ...
+
+
+def new_batch_id() -> str:
+    return str(uuid.uuid4())
+
+
+def batch_body(batch_id: str, ops: Sequence[Op]) -> dict[str, Any]:
+    return {"batch_id": batch_id, "ops": [op.to_wire() for op in ops]}
+
+
+def op_bytes(op: Op) -> int:
+    """The op's share of a batch body (its encoded size plus a separating comma)."""
+    return encoded_size(op.to_wire()) + 1
+
+
+def plan_batches(
+    ops: Sequence[Op],
+    max_ops: int = limits.MAX_OPS_PER_BATCH,
+    max_bytes: int = limits.MAX_BATCH_BYTES,
+) -> list[list[Op]]:
+    """Split `ops`, keeping their order, into batches bounded by op count AND encoded bytes.
+
+    An op bigger than `max_bytes` on its own still gets a batch of one: the server answers it
+    (`rejected`/`too_large` or 413) and the engine quarantines it, instead of it blocking others.
+    """
+    if max_ops < 1:
+        raise ValueError("max_ops must be at least 1")
+    batches: list[list[Op]] = []
+    current: list[Op] = []
+    size = _ENVELOPE_BYTES
+    for op in ops:
+        cost = op_bytes(op)
+        if current and (len(current) >= max_ops or size + cost > max_bytes):
+            batches.append(current)
+            current, size = [], _ENVELOPE_BYTES
+        current.append(op)
+        size += cost
+    if current:
+        batches.append(current)
+    return batches
+
+
+def parse_retry_after(value: Optional[str], *, now: Optional[float] = None) -> Optional[float]:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date. None if absent/bad."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _error_of(body: Any) -> tuple[str, str, dict[str, Any]]:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        details = err.get("details") if isinstance(err.get("details"), dict) else {}
+        return str(err.get("code", "")), str(err.get("message", "")), details
+    return "", "", {}
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class HttpTransport:
+    """The real transport: a `requests.Session` with connect/read timeouts and gzip bodies."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        gzip_threshold: int = DEFAULT_GZIP_THRESHOLD,
+        session: Optional[requests.Session] = None,
+        user_agent: str = "fieldsync-agent/1",
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._token = token
+        self.timeout = (connect_timeout, read_timeout)
+        self.gzip_threshold = gzip_threshold
+        self._session = session or requests.Session()
+        self._session.headers["User-Agent"] = user_agent
+
+    def __repr__(self) -> str:
+        return f"HttpTransport(endpoint={self.endpoint!r}, token=<redacted>)"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- the three calls ---------------------------------------------------------------
+
+    def health(self) -> HealthOutcome:
+        result = self._request("GET", "/v1/health", auth=False)
+        if not isinstance(result, tuple):
+            return result
+        body, traffic = result
+        server_time = body.get("server_time") if isinstance(body, dict) else None
+        if not isinstance(server_time, str):
+            return ServerError(200, "health answer without server_time", traffic)
+        return Healthy(server_time, traffic)
+
+    def push(self, batch_id: str, ops: Sequence[Op]) -> PushOutcome:
+        payload = json.dumps(batch_body(batch_id, ops), separators=(",", ":"), ensure_ascii=False)
+        result = self._request("POST", "/v1/batches", body=payload.encode("utf-8"))
+        if not isinstance(result, tuple):
+            return result
+        body, traffic = result
+        try:
+            return Accepted(parse_batch_response(body), traffic)
+        except (ContractError, KeyError, TypeError) as exc:
+            return ServerError(200, f"batch response breaks the protocol: {exc}", traffic)
+
+    def pull(self, after: Optional[str], limit: int) -> PullOutcome:
+        params: dict[str, Any] = {"limit": limit}
+        if after:
+            params["after"] = after
+        result = self._request("GET", "/v1/changes", params=params)
+        if not isinstance(result, tuple):
+            return result
+        body, traffic = result
+        try:
+            return Page(parse_changes_page(body), traffic)
+        except (ContractError, KeyError, TypeError) as exc:
+            return ServerError(200, f"changes page breaks the protocol: {exc}", traffic)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Optional[bytes] = None,
+        params: Optional[dict[str, Any]] = None,
+        auth: bool = True,
+    ) -> Union[tuple[Any, Traffic], Failure]:
+        headers: dict[str, str] = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            if len(body) > self.gzip_threshold:
+                body = gzip.compress(body, compresslevel=6)
+                headers["Content-Encoding"] = "gzip"
+        sent = len(body) if body is not None else 0
+        started = time.monotonic()
+        try:
+            response = self._session.request(
+                method,
+                self.endpoint + path,
+                data=body,
+                params=params,
+                headers=headers,
+                timeout=self.timeout,
+            )
+            raw = response.content
+        except requests.Timeout as exc:
+            return Unreachable(f"timed out: {type(exc).__name__}", Traffic(sent, 0))
+        except requests.RequestException as exc:
+            return Unreachable(f"connection failed: {type(exc).__name__}", Traffic(sent, 0))
+        traffic = Traffic(sent, len(raw))
+        log.debug(
+            "http method=%s path=%s status=%s sent=%d received=%d ms=%d",
+            method,
+            path,
+            response.status_code,
+            traffic.sent,
+            traffic.received,
+            (time.monotonic() - started) * 1000,
+        )
+        try:
+            parsed: Any = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        status = response.status_code
+        if status == 200:
+            if parsed is None:
+                return ServerError(200, "response body is not JSON", traffic)
+            return parsed, traffic
+        return self._failure(status, parsed, response.headers.get("Retry-After"), traffic)
+
+    @staticmethod
+    def _failure(status: int, body: Any, retry_after: Optional[str], traffic: Traffic) -> Failure:
+        code, message, details = _error_of(body)
+        message = message or f"HTTP {status}"
+        if status == 400:
+            return BadRequest(code or "bad_request", message, traffic)
+        if status in (401, 403):
+            return AuthFailed(status, message, traffic)
+        if status == 410:
+            return CursorExpired(message, traffic)
+        if status == 413:
+            return TooLarge(
+                message,
+                _int_or_none(details.get("max_ops")),
+                _int_or_none(details.get("max_bytes")),
+                traffic,
+            )
+        if status in (429, 503):
+            return Throttled(status, parse_retry_after(retry_after), message, traffic)
+        return ServerError(status, message, traffic)
