@@ -1,0 +1,250 @@
+"""The device database: one SQLite file holding the outbox, the replica and the agent's state.
+
+Several processes share it (an app calling `put` while `sync-agent run` syncs), so every write
+runs in an explicit `BEGIN IMMEDIATE` transaction (`transaction()`), which takes SQLite's write
+lock up front: read-modify-write sequences never interleave across processes, and a busy
+database waits up to the busy timeout instead of failing half-way. One connection belongs to
+one thread; open one per thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Union
+
+from device_agent.errors import DatabaseError, SchemaTooNew
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
+# edit a released entry: append a new one.
+MIGRATIONS: list[list[str]] = [
+    [
+        # Settings, clock, cursor and statistics: small JSON values by name.
+        """CREATE TABLE kv (
+             name  TEXT PRIMARY KEY,
+             value TEXT NOT NULL
+           ) WITHOUT ROWID""",
+        # Ops waiting for the cloud. `seq` orders FIFO within a priority. A row is in flight
+        # while `lease_until` is set; `claims` counts how often it was handed out (an op that
+        # was never handed out is the only kind a newer write may be coalesced into).
+        """CREATE TABLE outbox (
+             seq             INTEGER PRIMARY KEY,
+             op_id           TEXT NOT NULL UNIQUE,
+             collection      TEXT NOT NULL,
+             key             TEXT NOT NULL,
+             kind            TEXT NOT NULL,
+             hlc             TEXT NOT NULL,
+             data            TEXT,
+             priority        INTEGER NOT NULL,
+             size            INTEGER NOT NULL,
+             enqueued_at     REAL NOT NULL,
+             next_attempt_at REAL NOT NULL DEFAULT 0,
+             attempts        INTEGER NOT NULL DEFAULT 0,
+             claims          INTEGER NOT NULL DEFAULT 0,
+             leased_at       REAL,
+             lease_until     REAL,
+             lease_owner     TEXT,
+             last_error      TEXT
+           )""",
+        # The claim query walks this index in (priority, seq) order and stops after `limit`
+        # ready rows; the extra columns let it filter without touching the table.
+        """CREATE INDEX outbox_claim
+             ON outbox (priority, seq, next_attempt_at, lease_until)""",
+        "CREATE INDEX outbox_key ON outbox (collection, key, hlc)",
+        "CREATE INDEX outbox_leased ON outbox (lease_until) WHERE lease_until IS NOT NULL",
+        # Depth and bytes per priority, kept by triggers so bounds and stats cost O(1).
+        """CREATE TABLE outbox_totals (
+             priority INTEGER PRIMARY KEY,
+             ops      INTEGER NOT NULL,
+             bytes    INTEGER NOT NULL
+           )""",
+        """INSERT INTO outbox_totals (priority, ops, bytes)
+             VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0), (4, 0, 0)""",
+        """CREATE TRIGGER outbox_totals_insert AFTER INSERT ON outbox BEGIN
+             UPDATE outbox_totals SET ops = ops + 1, bytes = bytes + NEW.size
+              WHERE priority = NEW.priority;
+           END""",
+        """CREATE TRIGGER outbox_totals_delete AFTER DELETE ON outbox BEGIN
+             UPDATE outbox_totals SET ops = ops - 1, bytes = bytes - OLD.size
+              WHERE priority = OLD.priority;
+           END""",
+        """CREATE TRIGGER outbox_totals_update AFTER UPDATE OF priority, size ON outbox BEGIN
+             UPDATE outbox_totals SET ops = ops - 1, bytes = bytes - OLD.size
+              WHERE priority = OLD.priority;
+             UPDATE outbox_totals SET ops = ops + 1, bytes = bytes + NEW.size
+              WHERE priority = NEW.priority;
+           END""",
+        # Ops the cloud rejected permanently, kept with the reason until an operator acts.
+        """CREATE TABLE quarantine (
+             op_id          TEXT PRIMARY KEY,
+             collection     TEXT NOT NULL,
+             key            TEXT NOT NULL,
+             kind           TEXT NOT NULL,
+             hlc            TEXT NOT NULL,
+             data           TEXT,
+             priority       INTEGER NOT NULL,
+             size           INTEGER NOT NULL,
+             enqueued_at    REAL NOT NULL,
+             attempts       INTEGER NOT NULL,
+             code           TEXT NOT NULL,
+             message        TEXT NOT NULL,
+             quarantined_at REAL NOT NULL
+           )""",
+        # Records pulled from the cloud, with their clocks (tombstones included).
+        """CREATE TABLE replica (
+             collection TEXT NOT NULL,
+             key        TEXT NOT NULL,
+             data       TEXT NOT NULL,
+             clock      TEXT NOT NULL,
+             PRIMARY KEY (collection, key)
+           )""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def open_database(
+    path: StrPath,
+    *,
+    synchronous: str = "FULL",
+    busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+) -> sqlite3.Connection:
+    """Open (creating or migrating) the device database at `path`.
+
+    The connection is in autocommit mode (`isolation_level=None`): writes go through
+    `transaction()`. Raises DatabaseError naming the file and the remedy when the file is not
+    a database, stays locked beyond `busy_timeout_s`, or cannot be created.
+    """
+    mode = synchronous.upper()
+    if mode not in SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS_MODES)}")
+    location = os.fspath(path)
+    directory = Path(location).resolve().parent
+    if not directory.is_dir():
+        raise DatabaseError(
+            f"cannot open the agent database {location}: directory {directory} does not exist; "
+            "create it or pass another --db path",
+            path=location,
+        )
+    try:
+        conn = sqlite3.connect(location, timeout=busy_timeout_s, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _translate(exc, location) from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        _set_wal(conn)
+        # An op is "accepted" when record() returns, so its commit must survive a power cut.
+        # In WAL mode synchronous=NORMAL fsyncs only at checkpoints: a commit is durable
+        # against a process crash but the last transactions can vanish on power loss. FULL
+        # fsyncs the WAL at every commit, which is the promise the outbox makes.
+        conn.execute(f"PRAGMA synchronous = {mode}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, location)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _translate(exc, location) from exc
+    except DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    row = conn.execute("PRAGMA journal_mode").fetchone()
+    if row is None or str(row[0]).lower() != "wal":
+        # WAL lets readers (status, get) run while a writer commits, and costs one fsync per
+        # commit instead of two.
+        conn.execute("PRAGMA journal_mode = WAL")
+
+
+def _migrate(conn: sqlite3.Connection, location: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the agent database {location} has schema version {version}, newer than this "
+            f"agent's {SCHEMA_VERSION}: upgrade the agent, or point --db at another file",
+            path=location,
+        )
+    with transaction(conn):
+        # Read again under the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number]:
+                conn.execute(statement)
+        # PRAGMA takes no parameters; the value is our own integer constant.
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
+
+    Inside a transaction already, the block joins it (the outer one commits or rolls back).
+    SQLite errors that mean the database is unusable (locked, corrupt, disk full) become
+    DatabaseError; the transaction is rolled back on any exception.
+    """
+    if conn.in_transaction:
+        yield conn
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _translate(exc, database_path(conn)) from exc
+    try:
+        yield conn
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+            raise _translate(exc, database_path(conn)) from exc
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise _translate(exc, database_path(conn)) from exc
+
+
+def database_path(conn: sqlite3.Connection) -> str:
+    """The file behind `conn` (for messages)."""
+    try:
+        for row in conn.execute("PRAGMA database_list"):
+            if row[1] == "main":
+                return str(row[2])
+    except sqlite3.Error:
+        pass
+    return "<unknown>"
+
+
+def _translate(exc: sqlite3.Error, location: str) -> DatabaseError:
+    text = str(exc)
+    lowered = text.lower()
+    if "locked" in lowered or "busy" in lowered:
+        advice = (
+            "another process held it longer than the busy timeout; retry, and check that no "
+            "process is stuck holding a transaction"
+        )
+    elif "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        advice = (
+            "the file is damaged or is not an agent database; move it aside and run "
+            "`sync-agent init` again (unsynced ops in it are lost unless recovered with the "
+            "sqlite3 `.recover` command)"
+        )
+    elif "unable to open" in lowered or "readonly" in lowered or "read-only" in lowered:
+        advice = "check that the directory exists and is writable by this user"
+    elif "disk" in lowered or "full" in lowered:
+        advice = "free disk space, then retry; nothing was written by the failed operation"
+    else:
+        advice = "check the file and the disk, then retry"
+    return DatabaseError(f"agent database {location}: {text}; {advice}", path=location)

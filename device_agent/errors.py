@@ -1,0 +1,47 @@
+"""The device agent's errors: one hierarchy, each message says what happened and what to do.
+
+Storage errors (database, outbox, state, replica) come first; the sync side's errors follow.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the device agent raises on purpose."""
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+class DatabaseError(AgentError):
+    """The device database cannot be used: corrupt, locked too long, unwritable or too new.
+
+    `path` names the file; the message says what to do about it.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SchemaTooNew(DatabaseError):
+    """The database was written by a newer agent whose schema this version does not know."""
+
+
+class OutboxFull(AgentError):
+    """A write was refused because the outbox reached its bound; nothing was stored.
+
+    Never a silent drop: the caller decides (retry after a sync, raise the limit, alert).
+    """
+
+    def __init__(self, message: str, *, max_ops: int, max_bytes: int) -> None:
+        super().__init__(message)
+        self.max_ops = max_ops
+        self.max_bytes = max_bytes
+
+
+class NotFound(AgentError, LookupError):
+    """The named op (or other stored item) does not exist."""
+
+
+# --- sync (added by the sync side below this line) ---------------------------------------

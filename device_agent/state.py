@@ -1,0 +1,237 @@
+"""The agent's persisted state: settings, the hybrid logical clock, the pull cursor, sync stats.
+
+Everything lives in the device database so that several processes (an app recording writes,
+`sync-agent run` syncing) share one truth, and a reboot - even with the wall clock set back -
+never makes the clock issue a smaller timestamp. Each read-modify-write runs under SQLite's
+write lock (`transaction()`), so concurrent processes never interleave one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from typing import Any, Callable, Optional
+
+from device_agent.db import transaction
+from shared.contracts import HybridLogicalClock, parse_hlc
+from shared.contracts.hlc import format_hlc, validate_node_id, wall_clock_ms
+
+# Below this a measured offset is network delay, not a wrong clock: do not correct for it.
+CLOCK_CORRECTION_THRESHOLD_MS = 2_000
+
+
+class Connectivity(str, Enum):
+    """What the agent last learnt about reaching the cloud."""
+
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    AUTH = "auth"  # the cloud refused the token: retrying will not help until it is fixed
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where and as whom the agent syncs. `device_id` is also the node id of its HLCs."""
+
+    endpoint: Optional[str] = None
+    token: Optional[str] = None
+    device_id: str = ""
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """What `sync-agent status` reports about syncing (times are epoch seconds)."""
+
+    last_success_at: Optional[float] = None
+    last_attempt_at: Optional[float] = None
+    last_error: Optional[str] = None
+    consecutive_failures: int = 0
+    current_backoff_s: float = 0.0
+    connectivity: Connectivity = Connectivity.UNKNOWN
+    clock_offset_ms: Optional[int] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the connectivity as its string value)."""
+        out = asdict(self)
+        out["connectivity"] = self.connectivity.value
+        return out
+
+
+_STATS_FIELDS = frozenset(f.name for f in fields(SyncStats))
+
+
+class AgentState:
+    """Settings, clock, cursor and statistics of one device database.
+
+    `now_ms` is the local wall clock (injectable so tests can move it back a year).
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, *, now_ms: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        self._conn = conn
+        self._now_ms = now_ms
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    # --- settings ----------------------------------------------------------------------
+
+    def settings(self) -> Settings:
+        """The stored settings; `device_id` is created (and stored) on first use."""
+        raw = self._get("settings") or {}
+        return Settings(raw.get("endpoint"), raw.get("token"), self.device_id)
+
+    def update_settings(
+        self,
+        *,
+        endpoint: Optional[str] = None,
+        token: Optional[str] = None,
+        device_id: Optional[str] = None,
+    ) -> Settings:
+        """Change the given settings (None leaves one as it is) and return them all."""
+        if device_id is not None:
+            validate_node_id(device_id)
+        with transaction(self._conn):
+            raw = self._get("settings") or {}
+            for name, value in (("endpoint", endpoint), ("token", token)):
+                if value is not None:
+                    raw[name] = value
+            self._put("settings", raw)
+            if device_id is not None:
+                self._put("device_id", device_id)
+        return self.settings()
+
+    @property
+    def device_id(self) -> str:
+        """This device's id; a random `dev-<hex>` is chosen and stored the first time."""
+        stored = self._get("device_id")
+        if isinstance(stored, str):
+            return stored
+        with transaction(self._conn):
+            stored = self._get("device_id")
+            if not isinstance(stored, str):
+                stored = f"dev-{uuid.uuid4().hex[:12]}"
+                self._put("device_id", stored)
+        return stored
+
+    # --- clock ---------------------------------------------------------------------------
+
+    def stamp(self) -> str:
+        """A new HLC, greater than every one this database issued or merged, persisted.
+
+        Called inside the caller's transaction (the op's insert), it commits or rolls back
+        with it; the write lock makes it monotonic across processes.
+        """
+        return self.stamp_many(1)[0]
+
+    def stamp_many(self, count: int) -> list[str]:
+        """`count` increasing HLCs in one read-modify-write of the persisted clock."""
+        with transaction(self._conn):
+            clock, correction = self._load_clock()
+            stamps = [clock.send() for _ in range(count)]
+            self._save_clock(clock.last, correction)
+        return stamps
+
+    def last_hlc(self) -> str:
+        """The greatest HLC issued or merged so far ("" on a fresh database)."""
+        raw = self._get("clock") or {}
+        last = raw.get("last", "")
+        return last if isinstance(last, str) else ""
+
+    def merge_server_time(self, hlc: str) -> None:
+        """Fold a `server_time` into the clock (HLC receive rule) and measure the offset.
+
+        The offset estimate (server physical ms minus local wall ms) is stored in the stats;
+        when it exceeds CLOCK_CORRECTION_THRESHOLD_MS it also corrects later stamps, so a
+        device whose wall clock is wrong stamps near the server's time.
+        """
+        server_ms = parse_hlc(hlc).physical_ms
+        with transaction(self._conn):
+            offset = server_ms - self._now_ms()
+            correction = offset if abs(offset) > CLOCK_CORRECTION_THRESHOLD_MS else 0
+            clock, _ = self._load_clock(correction)
+            clock.receive(hlc)
+            self._save_clock(clock.last, correction)
+            self._update_stats({"clock_offset_ms": offset})
+
+    def restamp_clock(self, server_time: str) -> None:
+        """Set the clock back to the server's time after a `clock_ahead` rejection.
+
+        The only time the clock goes back: the server refused stamps from our future, so the
+        persisted clock restarts at `server_time` and follows the corrected wall clock from
+        there. Re-stamp the pending ops afterwards (Outbox.restamp) so their order holds.
+        """
+        server = parse_hlc(server_time)
+        with transaction(self._conn):
+            offset = server.physical_ms - self._now_ms()
+            restart = format_hlc(server.physical_ms, server.logical, self.device_id)
+            self._save_clock(restart, offset)
+            self._update_stats({"clock_offset_ms": offset})
+
+    def _load_clock(self, correction: Optional[int] = None) -> tuple[HybridLogicalClock, int]:
+        raw = self._get("clock") or {}
+        if correction is None:
+            correction = int(raw.get("correction_ms", 0))
+        shift = correction
+        last = raw.get("last") or None
+        clock = HybridLogicalClock(self.device_id, last=last, now_ms=lambda: self._now_ms() + shift)
+        return clock, correction
+
+    def _save_clock(self, last: str, correction: int) -> None:
+        self._put("clock", {"last": last, "correction_ms": correction})
+
+    # --- pull cursor ---------------------------------------------------------------------
+
+    def cursor(self) -> Optional[str]:
+        """Where the last pull stopped (None: pull from the beginning)."""
+        value = self._get("cursor")
+        return value if isinstance(value, str) else None
+
+    def set_cursor(self, cursor: Optional[str]) -> None:
+        """Store the pull cursor (None forgets it, for a full resync)."""
+        with transaction(self._conn):
+            self._put("cursor", cursor)
+
+    # --- statistics ----------------------------------------------------------------------
+
+    def stats(self) -> SyncStats:
+        raw = self._get("stats") or {}
+        known = {name: value for name, value in raw.items() if name in _STATS_FIELDS}
+        if "connectivity" in known:
+            known["connectivity"] = Connectivity(known["connectivity"])
+        return SyncStats(**known)
+
+    def update_stats(self, **changes: Any) -> SyncStats:
+        """Change the named SyncStats fields (others stay) and return the result."""
+        unknown = sorted(set(changes) - _STATS_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown sync statistics {unknown}: known are {sorted(_STATS_FIELDS)}")
+        with transaction(self._conn):
+            return self._update_stats(changes)
+
+    def _update_stats(self, changes: dict[str, Any]) -> SyncStats:
+        updated = replace(self.stats(), **changes)
+        if "connectivity" in changes:
+            updated = replace(updated, connectivity=Connectivity(changes["connectivity"]))
+        self._put("stats", updated.to_dict())
+        return updated
+
+    # --- storage -------------------------------------------------------------------------
+
+    def _get(self, name: str) -> Any:
+        row = self._conn.execute(
+            "SELECT value FROM kv WHERE name = :name", {"name": name}
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _put(self, name: str, value: Any) -> None:
+        self._conn.execute(
+            "INSERT INTO kv (name, value) VALUES (:name, :value) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            {"name": name, "value": json.dumps(value)},
+        )
