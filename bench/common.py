@@ -1,0 +1,351 @@
+"""Shared plumbing for the benchmarks: machine facts, goals, bounded timing, a counting proxy.
+
+Every benchmark module exposes `run(quick: bool) -> dict` (JSON-serialisable results) and
+`render(results: dict, ctx: Context) -> Section` (markdown text, plots and goal verdicts).
+`bench.run_all` stitches the sections into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+IMG = DOCS / "img"
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One stated goal and the measured figure it is judged on."""
+
+    name: str
+    target: str
+    figure: str
+    met: Optional[bool]  # None: not measured
+
+    @property
+    def verdict(self) -> str:
+        if self.met is None:
+            return "not measured"
+        return "met" if self.met else "**MISSED**"
+
+
+@dataclass
+class Section:
+    """A `## title` section of docs/benchmarks.md."""
+
+    title: str
+    body: str
+    goals: list[Goal] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every section states: how it was produced, when, and on what."""
+
+    command: str
+    date: str
+    machine: str
+    quick: bool
+
+
+def machine() -> str:
+    """Cores, Python, OS: the facts that make a figure comparable."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    return (
+        f"{os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def header(ctx: Context) -> str:
+    """The provenance lines every section starts with."""
+    mode = " (quick smoke run: small sizes, not for quoting)" if ctx.quick else ""
+    return f"Command: `{ctx.command}`{mode}  \nDate: {ctx.date}  \nMachine: {ctx.machine}\n"
+
+
+def goals_table(goals: Sequence[Goal]) -> str:
+    if not goals:
+        return ""
+    rows = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
+    rows += [f"| {g.name} | {g.target} | {g.figure} | {g.verdict} |" for g in goals]
+    return "\n".join(rows) + "\n"
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number with `digits` significant figures, thousands separated when large."""
+    if math.isnan(x):
+        return "n/a"
+    if abs(x) >= 10 ** (digits - 1):
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+class Deadline:
+    """A wall-clock budget: loops check `expired` so no benchmark can run away."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self._end
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+# -- a counting, black-holing TCP proxy ------------------------------------------------------
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 that counts bytes each way and can black-hole the link.
+
+    `blackhole()` drops every open connection silently (the peer sees nothing: no RST, no
+    FIN) and holds new ones without answering, as a dead cell link does; `restore()` forwards
+    again and records the instant, so a benchmark can time from "the link came back".
+    Bounded: at most `max_connections`, and it stops itself after `lifetime_s`.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        lifetime_s: float = 900.0,
+        max_connections: int = 256,
+    ) -> None:
+        self.upstream = upstream
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._dead = False
+        self._epoch = 0  # bumped by blackhole(): older connections are abandoned
+        self._open: set[socket.socket] = set()
+        self._max = max_connections
+        self._lifetime = lifetime_s
+        self.bytes_up = 0  # client -> server
+        self.bytes_down = 0  # server -> client
+        self.connections = 0
+        self.restored_at: Optional[float] = None
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CountingProxy:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.bytes_up = self.bytes_down = self.connections = 0
+
+    def blackhole(self) -> None:
+        with self._lock:
+            self._dead = True
+            self._epoch += 1
+
+    def restore(self) -> float:
+        with self._lock:
+            self._dead = False
+            self.restored_at = time.monotonic()
+            return self.restored_at
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for sock in list(self._open):
+                with contextlib.suppress(OSError):
+                    sock.close()
+            self._open.clear()
+        self._thread.join(2.0)
+
+    def __enter__(self) -> CountingProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        self._listener.settimeout(0.1)
+        while not self._stop.is_set():
+            if time.monotonic() - self._started > self._lifetime:
+                self._stop.set()
+                break
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                break
+            with self._lock:
+                too_many = len(self._open) >= self._max
+                if not too_many:
+                    self._open.add(client)
+                    self.connections += 1
+            if too_many:
+                client.close()
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            epoch = self._epoch
+        upstream: Optional[socket.socket] = None
+        try:
+            # A connection opened while the link is dead is held, unanswered.
+            while self._is_dead() and not self._stop.is_set():
+                time.sleep(0.02)
+            with self._lock:
+                epoch = self._epoch
+            upstream = socket.create_connection(self.upstream, timeout=5.0)
+            with self._lock:
+                self._open.add(upstream)
+            self._pump(client, upstream, epoch)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(client)
+                if upstream is not None:
+                    self._open.discard(upstream)
+            for sock in (client, upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    def _is_dead(self) -> bool:
+        with self._lock:
+            return self._dead
+
+    def _abandoned(self, epoch: int) -> bool:
+        with self._lock:
+            return self._epoch != epoch
+
+    def _pump(self, client: socket.socket, upstream: socket.socket, epoch: int) -> None:
+        peers = {client: upstream, upstream: client}
+        while not self._stop.is_set():
+            if self._abandoned(epoch):
+                # Black-holed: swallow everything until the client gives up, never answer.
+                self._swallow(client)
+                return
+            readable, _, _ = select.select(list(peers), [], [], 0.05)
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                if self._abandoned(epoch):
+                    break
+                with self._lock:
+                    if sock is client:
+                        self.bytes_up += len(data)
+                    else:
+                        self.bytes_down += len(data)
+                peers[sock].sendall(data)
+
+    def _swallow(self, client: socket.socket) -> None:
+        end = time.monotonic() + 60.0
+        while not self._stop.is_set() and time.monotonic() < end:
+            readable, _, _ = select.select([client], [], [], 0.05)
+            if readable and not client.recv(65536):
+                return
+
+
+@contextlib.contextmanager
+def process(args: Sequence[str], *, env: Optional[dict[str, str]] = None) -> Iterator[Any]:
+    """A subprocess that is always terminated (by its own pid) when the block ends."""
+    proc = subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

@@ -1,0 +1,354 @@
+"""Reconnect herd: 1,000 agents lose the network at the same instant and get it back together.
+
+In-process discrete-event simulation on one fake clock. Each simulated agent runs the
+agent's real connectivity code: a `device_agent.network.NetworkMonitor` (its probe spacing
+comes from `next_probe_delay()`, its state from `probe_once()` and `observe()`), the real
+`ExponentialBackoff` as probe backoff and the real `ReconnectJitter` before the first sync
+after the monitor reports online - the way the worker drives them: probe at once when the
+link is found dead, then after each failed probe wait `next_probe_delay()`; on the
+offline -> online change wait the reconnect jitter, then sync (one push, one pull).
+
+What is counted is the load offered to the server: every request that reaches it (health
+probes after the link is back, pushes, pulls), per 100 ms bin. The link is dead from t=0 to
+t=`outage`; requests made while it is dead never reach the server.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from bench.common import IMG, Context, Goal, Section, fmt, header, percentile, table
+from device_agent.backoff import ExponentialBackoff, Jitter, ReconnectJitter
+from device_agent.network import Connectivity, NetworkMonitor
+from device_agent.transport import HealthOutcome, Healthy, Traffic, Unreachable
+
+BIN_S = 0.1
+RTT_S = 0.1  # one request's round trip on the (cellular) link
+AGENTS = 1000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    probe_jitter: Jitter
+    probe_base: float
+    probe_cap: float
+    reconnect_window_s: float
+
+
+def scenarios() -> list[Scenario]:
+    """The agent's defaults are read from the classes themselves, not restated here."""
+    default_probe = NetworkMonitor()._probe_backoff
+    assert isinstance(default_probe, ExponentialBackoff)
+    default_window = ReconnectJitter().window_s
+    base, cap = default_probe.base, default_probe.cap
+    return [
+        Scenario("no jitter", Jitter.NONE, base, cap, 0.0),
+        Scenario(
+            f"agent defaults (probe backoff full jitter {base:g}-{cap:g} s, "
+            f"reconnect window {default_window:g} s)",
+            default_probe.jitter,
+            base,
+            cap,
+            default_window,
+        ),
+        Scenario("Full Jitter, no reconnect delay", Jitter.FULL, base, cap, 0.0),
+    ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(scenario: Scenario, *, agents: int, outage: float, seed: int) -> dict[str, Any]:
+    """Run one herd; returns the arrival times at the server and each agent's sync time."""
+    clock = FakeClock()
+    arrivals: list[float] = []
+    synced_at: list[float] = [float("nan")] * agents
+    detected_at: list[float] = [float("nan")] * agents
+    events: list[tuple[float, int, int, str]] = []
+    seq = 0
+
+    def schedule(at: float, agent: int, what: str) -> None:
+        nonlocal seq
+        heapq.heappush(events, (at, seq, agent, what))
+        seq += 1
+
+    def make_probe(agent: int) -> Callable[[], HealthOutcome]:
+        def probe() -> HealthOutcome:
+            if clock.now < outage:
+                return Unreachable("link down")
+            arrivals.append(clock.now + RTT_S / 2)
+            return Healthy("0000000000000-00000-server", Traffic(0, 60))
+
+        return probe
+
+    monitors: list[NetworkMonitor] = []
+    jitters: list[ReconnectJitter] = []
+    for i in range(agents):
+        rng = random.Random(seed * 100_003 + i)
+        backoff = ExponentialBackoff(
+            scenario.probe_base, scenario.probe_cap, jitter=scenario.probe_jitter, rng=rng
+        )
+        monitor = NetworkMonitor(
+            make_probe(i), initial=Connectivity.ONLINE, probe_backoff=backoff, clock=clock
+        )
+        jitter = ReconnectJitter(scenario.reconnect_window_s, rng=rng)
+
+        def on_change(old: Connectivity, new: Connectivity, agent: int = i) -> None:
+            if new is Connectivity.ONLINE and old is not Connectivity.ONLINE:
+                detected_at[agent] = clock.now
+                # The worker: the probe's answer arrives, then the reconnect jitter, then sync.
+                schedule(clock.now + RTT_S + jitters[agent].delay(), agent, "push")
+
+        monitor.subscribe(on_change)
+        monitors.append(monitor)
+        jitters.append(jitter)
+
+    # t=0: every agent's request fails at once; each worker marks itself offline and its
+    # monitor probes straight away (as the probe loop does on the change to offline).
+    for i, monitor in enumerate(monitors):
+        monitor.observe(Unreachable("link lost"))
+        schedule(0.0, i, "probe")
+
+    horizon = outage + 600.0
+    while events:
+        at, _, agent, what = heapq.heappop(events)
+        if at > horizon:
+            break
+        clock.now = at
+        monitor = monitors[agent]
+        if what == "probe":
+            if monitor.probe_once() is Connectivity.OFFLINE:
+                schedule(at + monitor.next_probe_delay(), agent, "probe")
+        elif what == "push":
+            arrivals.append(at + RTT_S / 2)
+            schedule(at + RTT_S, agent, "pull")
+        elif what == "pull":
+            arrivals.append(at + RTT_S / 2)
+            synced_at[agent] = at + RTT_S
+    return {"arrivals": arrivals, "synced_at": synced_at, "detected_at": detected_at}
+
+
+def _bins(arrivals: Sequence[float], start: float, end: float) -> list[int]:
+    count = round((end - start) / BIN_S)
+    bins = [0] * count
+    for at in arrivals:
+        k = int((at - start) / BIN_S)
+        if 0 <= k < count:
+            bins[k] += 1
+    return bins
+
+
+def summarise(
+    scenario: Scenario, raw: dict[str, Any], outage: float, window: float
+) -> dict[str, Any]:
+    arrivals = [a for a in raw["arrivals"] if a >= outage]
+    synced = [s - outage for s in raw["synced_at"]]
+    done = [s for s in synced if not math.isnan(s)]
+    last = max(done) if done else float("nan")
+    span_end = outage + max(window, last if done else 0.0) + 1.0
+    bins = _bins(arrivals, outage, span_end)
+    per_bin = round(1.0 / BIN_S)
+    peak_1s = max(sum(bins[k : k + per_bin]) for k in range(max(1, len(bins) - per_bin + 1)))
+    in_window = sum(1 for a in arrivals if a < outage + window)
+    detect = [d - outage for d in raw["detected_at"] if not math.isnan(d)]
+    after_detect = [
+        s - d
+        for s, d in zip(raw["synced_at"], raw["detected_at"])
+        if not (math.isnan(s) or math.isnan(d))
+    ]
+    return {
+        "name": scenario.name,
+        "window_s": scenario.reconnect_window_s,
+        "requests": len(arrivals),
+        "peak_100ms": max(bins) if bins else 0,
+        "peak_1s": peak_1s,
+        "in_window": in_window,
+        "synced": len(done),
+        "sync_p50_s": percentile(done, 50),
+        "sync_p99_s": percentile(done, 99),
+        "sync_max_s": last,
+        "detect_p50_s": percentile(detect, 50),
+        "detect_max_s": max(detect) if detect else float("nan"),
+        "after_detect_max_s": max(after_detect) if after_detect else float("nan"),
+        "bins": bins,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    agents = 200 if quick else AGENTS
+    outages = [120.0] if quick else [120.0, 10.0, 600.0]
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    for outage in outages:
+        for scenario in scenarios():
+            window = scenarios()[1].reconnect_window_s
+            raw = simulate(scenario, agents=agents, outage=outage, seed=7)
+            summary = summarise(scenario, raw, outage, window)
+            summary["outage_s"] = outage
+            runs.append(summary)
+    return {
+        "agents": agents,
+        "outages": outages,
+        "rtt_s": RTT_S,
+        "window_s": scenarios()[1].reconnect_window_s,
+        "runs": runs,
+        "elapsed_s": time.monotonic() - started,
+    }
+
+
+def _plot(results: dict[str, Any], outage: float) -> str:
+    from bench.plots import stacked_timeseries
+
+    panels: dict[str, tuple[list[float], list[float]]] = {}
+    for r in results["runs"]:
+        if r["outage_s"] != outage:
+            continue
+        bins = r["bins"]
+        panels[r["name"]] = ([k * BIN_S for k in range(len(bins))], bins)
+    width = max(len(xs) for xs, _ in panels.values()) * BIN_S
+    for name, (_xs, ys) in panels.items():  # the same x range in every panel
+        n = round(width / BIN_S)
+        panels[name] = ([k * BIN_S for k in range(n)], list(ys) + [0] * (n - len(ys)))
+    path = f"herd_{int(outage)}s.png"
+    stacked_timeseries(
+        IMG / path,
+        panels,
+        title=f"{results['agents']} agents regain the link after a {outage:g} s outage",
+        xlabel="seconds since the link came back",
+        ylabel="requests / 100 ms",
+        width=BIN_S,
+        vlines=[(results["window_s"], "reconnect window")],
+    )
+    return "img/" + path
+
+
+def render(results: dict[str, Any], ctx: Context) -> Section:
+    images = [_plot(results, outage) for outage in results["outages"]]
+    window = results["window_s"]
+    primary = results["outages"][0]
+    rows = []
+    for r in results["runs"]:
+        mean_window = r["in_window"] / window
+        rows.append(
+            [
+                f"{r['outage_s']:g} s",
+                r["name"],
+                r["requests"],
+                r["peak_100ms"],
+                r["peak_1s"],
+                fmt(mean_window),
+                fmt(r["peak_1s"] / mean_window) if mean_window else "n/a",
+                f"{r['synced']}/{results['agents']}",
+                fmt(r["sync_p50_s"]),
+                fmt(r["sync_p99_s"]),
+                fmt(r["sync_max_s"]),
+                f"{fmt(r['detect_p50_s'])} / {fmt(r['detect_max_s'])}",
+                fmt(r["after_detect_max_s"]),
+            ]
+        )
+    defaults = next(r for r in results["runs"] if r["outage_s"] == primary and r["window_s"])
+    mean_window = defaults["in_window"] / window
+    ratio = defaults["peak_1s"] / mean_window if mean_window else float("inf")
+    round_s = 2 * results["rtt_s"]
+    goals = [
+        Goal(
+            f"defaults, {primary:g} s outage: peak 1 s rate / mean over the {window:g} s window",
+            "<= 2x",
+            f"{ratio:.2f}x ({defaults['peak_1s']}/s vs {fmt(mean_window)}/s)",
+            ratio <= 2.0,
+        ),
+        Goal(
+            f"defaults, {primary:g} s outage: every agent synced within window + one round",
+            f"<= {window + round_s:g} s",
+            f"{defaults['synced']}/{results['agents']} synced, last at "
+            f"{fmt(defaults['sync_max_s'])} s (p99 {fmt(defaults['sync_p99_s'])} s)",
+            defaults["synced"] == results["agents"] and defaults["sync_max_s"] <= window + round_s,
+        ),
+    ]
+    body = (
+        header(ctx)
+        + f"\n{results['agents']} simulated agents on one fake clock lose the link at the same "
+        "instant and get it back at the same instant. Each runs the agent's real "
+        "`NetworkMonitor` (probe spacing from `next_probe_delay()`, state from `probe_once()`), "
+        "the real `ExponentialBackoff` as its probe backoff and the real `ReconnectJitter` "
+        "before its first sync (one push and one pull) after the monitor reports online. "
+        f"Round trip {results['rtt_s'] * 1000:g} ms per request; one round = push + pull = "
+        f"{round_s:g} s. Counted: every request that reaches the server (probes once the link "
+        "is back, pushes, pulls) per 100 ms. The mean over the jitter window is the number of "
+        f"requests that arrive within {window:g} s of the link coming back, divided by "
+        f"{window:g} s. Simulation took {results['elapsed_s']:.1f} s.\n\n"
+        + "".join(f"![herd]({img})\n" for img in images)
+        + "\n"
+        + table(
+            [
+                "outage",
+                "scenario",
+                "requests",
+                "peak /100 ms",
+                "peak /1 s",
+                "mean /s in window",
+                "peak/mean",
+                "synced",
+                "synced p50 (s)",
+                "p99 (s)",
+                "last (s)",
+                "link found p50 / max (s)",
+                "found -> synced max (s)",
+            ],
+            rows,
+        )
+        + _reading(results, defaults, window, round_s)
+    )
+    return Section("Reconnect herd", body, goals, images)
+
+
+def _reading(
+    results: dict[str, Any], defaults: dict[str, Any], window: float, round_s: float
+) -> str:
+    cap = scenarios()[1].probe_cap
+    text = (
+        '\nTimes are seconds after the link came back. "link found" is when the agent\'s '
+        'monitor saw its first successful probe; "found -> synced" is from then to the end '
+        "of its pull.\n"
+    )
+    if defaults["sync_max_s"] > window + round_s:
+        text += (
+            f"\nWhy the second goal is missed: the spread itself is fine (the peak second is "
+            f"well under 2x the window mean), but an agent only learns that the link is back "
+            f"at its next probe, and while offline its probes are spaced by "
+            f"`ExponentialBackoff(base=1, cap={cap:g})` with full jitter, so after an outage "
+            f"longer than a few probe rounds the last agent finds the link up to {cap:g} s late "
+            f"(measured: {fmt(defaults['detect_max_s'])} s) and then still waits its reconnect "
+            f"jitter (up to {window:g} s). From the moment each agent finds the link, it has "
+            f"synced within {fmt(defaults['after_detect_max_s'])} s, inside window + one round "
+            f"({window + round_s:g} s plus the probe's own round trip). The probe gap is already "
+            "a full-jitter spread, so the reconnect delay on top of it only adds latency. Fix "
+            "(device_agent/network.py + the worker): cap the offline probe spacing at the "
+            "reconnect window (e.g. `ExponentialBackoff(base=1, cap=10)`), and when a reconnect "
+            "is found by such a jittered probe, skip or shorten the reconnect jitter by the "
+            "time already waited since the previous failed probe; keep the full window only "
+            "for reconnects learnt at a shared instant (a link-up event).\n"
+        )
+    return text
+
+
+def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - manual use
+    results = run(quick=True)
+    for r in results["runs"]:
+        print({k: v for k, v in r.items() if k != "bins"})
+
+
+if __name__ == "__main__":
+    main()
