@@ -1,0 +1,145 @@
+"""The records repository: consistent reads, version-conditioned writes, the changes feed.
+
+Every SDK error is translated here: a lost race becomes `WriteConflict`, an oversized item
+`RecordTooLarge`, throttling/5xx/network `TransientStoreError`, anything else `StoreError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
+
+from shared.contracts import Record, RecordClock
+from shared.dal.aws import error_code, is_transient
+from shared.dal.models import CHANGES_INDEX, RecordItem, records_model
+from shared.errors import RecordTooLarge, StoreError, TransientStoreError, WriteConflict
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as read, with the version its conditional write-back must match."""
+
+    record: Record
+    version: int
+    changed_at: str
+
+
+def record_pk(tenant_id: str, collection: str, key: str) -> str:
+    return f"{tenant_id}#{collection}#{key}"
+
+
+def _translate(exc: PynamoDBException, action: str) -> StoreError:
+    code = error_code(exc)
+    if code == "ConditionalCheckFailedException":
+        return WriteConflict(f"{action}: another writer changed the record first", aws_code=code)
+    message = f"{action} failed with {code}"
+    if code == "ValidationException" and "size" in str(exc).lower():
+        return RecordTooLarge(
+            f"{action}: the record would exceed DynamoDB's 400 KB item limit; "
+            "split the document or remove fields",
+            aws_code=code,
+        )
+    if is_transient(exc):
+        return TransientStoreError(f"{message}; it will be retried", aws_code=code)
+    return StoreError(f"{message}; check the table and the function's permissions", aws_code=code)
+
+
+def to_record(item: RecordItem) -> Record:
+    clock = json.loads(item.clock)
+    return Record(
+        collection=item.collection,
+        key=item.record_key,
+        data=json.loads(item.data),
+        clock=RecordClock(clock.get("reset", ""), dict(clock.get("fields", {}))),
+    )
+
+
+def load(tenant_id: str, collection: str, key: str) -> Optional[StoredRecord]:
+    """The current record, strongly consistent (the base of an optimistic write)."""
+    model = records_model()
+    try:
+        item = model.get(record_pk(tenant_id, collection, key), consistent_read=True)
+    except DoesNotExist:
+        return None
+    except PynamoDBException as exc:
+        raise _translate(exc, "reading the record") from exc
+    return StoredRecord(to_record(item), int(item.version or 0), item.changed_at)
+
+
+def save(
+    tenant_id: str,
+    record: Record,
+    *,
+    expected_version: int,
+    changed_at: str,
+    tombstone_ttl_s: int,
+) -> int:
+    """Write `record` only if its stored version is still `expected_version` (0: absent).
+
+    Returns the new version. Raises WriteConflict when another writer got there first.
+    """
+    model = records_model()
+    expires_at: Optional[int] = None
+    if record.deleted:
+        expires_at = int(time.time()) + tombstone_ttl_s
+    item = model(
+        record_pk(tenant_id, record.collection, record.key),
+        tenant_id=tenant_id,
+        collection=record.collection,
+        record_key=record.key,
+        data=json.dumps(record.data, separators=(",", ":"), ensure_ascii=False),
+        clock=json.dumps(record.clock.to_wire(), separators=(",", ":")),
+        hlc=record.hlc,
+        device_id=record.device_id,
+        deleted=1 if record.deleted else 0,
+        changed_at=changed_at,
+        version=expected_version or None,
+    )
+    if expires_at is not None:
+        item.expires_at = expires_at  # type: ignore[assignment]
+    try:
+        # VersionAttribute adds the condition: version = expected (or attribute_not_exists),
+        # so two Lambdas resolving from the same read can never both win.
+        item.save()
+    except PynamoDBException as exc:
+        raise _translate(exc, "writing the record") from exc
+    return int(item.version or 0)
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    record: Record
+    changed_at: str
+
+
+def feed(
+    tenant_id: str,
+    *,
+    after: str,
+    collection: Optional[str] = None,
+    page_size: int = 200,
+) -> Iterator[FeedEntry]:
+    """The tenant's records in `changed_at` order, strictly after `after` ("" = the start).
+
+    Reads the GSI (eventually consistent): the caller bounds it with a settle horizon.
+    """
+    model = records_model()
+    condition: Any = model.changed_at > after if after else None
+    filter_condition: Any = model.collection == collection if collection else None
+    try:
+        for item in model.query(
+            tenant_id,
+            range_key_condition=condition,
+            filter_condition=filter_condition,
+            index_name=CHANGES_INDEX,
+            scan_index_forward=True,
+            page_size=page_size,
+        ):
+            yield FeedEntry(to_record(item), item.changed_at)
+    except PynamoDBException as exc:
+        raise _translate(exc, "reading the changes feed") from exc

@@ -1,0 +1,115 @@
+"""Applying one op to DynamoDB: read, resolve, conditional write, retry on contention.
+
+The same function serves the batch endpoint and the retry worker, so an op has the same
+effect whichever path applies it, however many times.
+
+Exactly-once effect: the write is conditional on the version read, so of two concurrent
+appliers only one writes; the loser re-reads and resolves again. With LWW a repeat is
+recognised (`duplicate`) because the record carries the op's HLC, and applying an op twice
+yields the same record anyway (the resolver is idempotent), so a retry arriving a month late
+has no second effect. A custom resolver is held to the same property by the registry's
+contract (check_convergence).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from typing import Optional
+
+from shared.config import Settings
+from shared.conflict import ConflictRegistry, Resolution, UnknownResolver, parse_assignments
+from shared.contracts import Op, Record
+from shared.dal import records
+from shared.errors import (
+    ApplyFailed,
+    ConfigurationError,
+    RecordTooLarge,
+    StoreError,
+    WriteConflict,
+)
+from shared.logic.clock import stamp_change
+
+BACKOFF_BASE_S = 0.01
+BACKOFF_CAP_S = 0.2
+THROTTLE_CODES = frozenset({"ProvisionedThroughputExceededException", "RequestLimitExceeded"})
+
+
+@functools.lru_cache(maxsize=8)
+def registry_for(strategies: str) -> ConflictRegistry:
+    """The conflict registry configured by CONFLICT_STRATEGIES ("collection=resolver,...")."""
+    registry = ConflictRegistry()
+    try:
+        registry.configure(parse_assignments(strategies))
+    except ValueError as exc:
+        raise ConfigurationError(f"CONFLICT_STRATEGIES is malformed: {exc}") from exc
+    return registry
+
+
+def _resolve(registry_text: str, current: Optional[Record], op: Op) -> Resolution:
+    try:
+        resolution = registry_for(registry_text).apply(current, op)
+    except UnknownResolver as exc:
+        raise ApplyFailed(str(exc), reason="unknown_resolver") from exc
+    except ConfigurationError as exc:
+        raise ApplyFailed(str(exc), reason="unknown_resolver") from exc
+    except Exception as exc:  # a custom resolver is third-party code: contain its failure
+        raise ApplyFailed(
+            f"the resolver for collection {op.collection!r} raised {type(exc).__name__}; "
+            "fix it, then redrive the dead-letter queue",
+            reason="resolver_failed",
+        ) from exc
+    if (resolution.record.collection, resolution.record.key) != (op.collection, op.key):
+        raise ApplyFailed(
+            f"the resolver for collection {op.collection!r} returned another record",
+            reason="resolver_failed",
+        )
+    return resolution
+
+
+def _reason(exc: StoreError) -> str:
+    if "Throttl" in exc.aws_code or exc.aws_code in THROTTLE_CODES:
+        return "throttled"
+    return "store_unavailable"
+
+
+def _backoff(attempt: int) -> None:
+    # Full jitter: concurrent losers spread out instead of colliding again.
+    time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
+
+
+def apply_op(tenant_id: str, op: Op, settings: Settings) -> Resolution:
+    """Apply `op` to the tenant's record and return the resolution that was committed.
+
+    Raises ApplyFailed (queue it) for throttling, store faults, exhausted contention and
+    resolver failures; RecordTooLarge (reject it) when the result cannot be stored.
+    """
+    for attempt in range(settings.apply_max_attempts):
+        try:
+            stored = records.load(tenant_id, op.collection, op.key)
+        except StoreError as exc:
+            raise ApplyFailed(str(exc), reason=_reason(exc)) from exc
+        resolution = _resolve(settings.conflict_strategies, stored.record if stored else None, op)
+        if not resolution.changed:
+            return resolution
+        try:
+            records.save(
+                tenant_id,
+                resolution.record,
+                expected_version=stored.version if stored else 0,
+                changed_at=stamp_change(),
+                tombstone_ttl_s=settings.tombstone_retention_days * 86_400,
+            )
+        except WriteConflict:
+            _backoff(attempt)
+            continue
+        except RecordTooLarge:
+            raise
+        except StoreError as exc:
+            raise ApplyFailed(str(exc), reason=_reason(exc)) from exc
+        return resolution
+    raise ApplyFailed(
+        f"the record was changed by other writers {settings.apply_max_attempts} times in a row",
+        reason="contention",
+    )

@@ -1,0 +1,234 @@
+"""POST /v1/batches: validate, apply every op, answer one result per op in request order.
+
+Ops on different records are applied concurrently (a small thread pool); ops on the same
+record stay in request order in one worker, so they do not fight over the version condition.
+An op that cannot be applied now is put on the retry queue and answered `queued`; only when
+that also fails does the whole request become a 503 (the dual failure).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Union
+
+from shared.config import Settings
+from shared.contracts import (
+    BatchResponse,
+    BatchTooLarge,
+    ContractError,
+    ErrorCode,
+    Op,
+    OpError,
+    OpResult,
+    OpStatus,
+    RejectedOp,
+    parse_batch,
+    parse_hlc,
+)
+from shared.dal import Principal, RetryMessage, enqueue
+from shared.errors import (
+    ApplyFailed,
+    BadRequest,
+    PayloadTooLarge,
+    QueueError,
+    RecordTooLarge,
+    ServiceUnavailable,
+)
+from shared.logic.apply import apply_op
+from shared.logic.body import decode_json_body, limits_details
+from shared.logic.clock import now_ms, observe, server_time
+from shared.observability import MetricUnit, logger, metrics
+
+RESERVED_PREFIX = "_"  # collections starting with "_" belong to the server
+DUAL_FAILURE_RETRY_AFTER_S = 10
+
+
+class _DualFailure(Exception):
+    def __init__(self, op_id: str, store_cause: str, queue_cause: str) -> None:
+        super().__init__(op_id)
+        self.op_id, self.store_cause, self.queue_cause = op_id, store_cause, queue_cause
+
+
+def _precheck(op: Op, principal: Principal, settings: Settings, now: int) -> Optional[OpResult]:
+    """A rejection decided without touching the store, or None."""
+    stamp = parse_hlc(op.hlc)
+    if stamp.physical_ms > now + settings.max_clock_skew_s * 1000:
+        return OpResult(
+            op.op_id,
+            OpStatus.REJECTED,
+            error=OpError(
+                ErrorCode.CLOCK_AHEAD,
+                f"the op's clock is {(stamp.physical_ms - now) // 1000} s ahead of the server, "
+                f"more than the {settings.max_clock_skew_s} s allowed: merge server_time and "
+                "re-stamp the op",
+                {"server_time": server_time(), "max_clock_skew_s": settings.max_clock_skew_s},
+            ),
+        )
+    if op.collection.startswith(RESERVED_PREFIX):
+        return OpResult(
+            op.op_id,
+            OpStatus.REJECTED,
+            error=OpError(
+                ErrorCode.FORBIDDEN,
+                f"collection {op.collection!r} is reserved for the server: use a name "
+                f"that does not start with {RESERVED_PREFIX!r}",
+            ),
+        )
+    if settings.require_device_node and stamp.node != principal.device_id:
+        return OpResult(
+            op.op_id,
+            OpStatus.REJECTED,
+            error=OpError(
+                ErrorCode.FORBIDDEN,
+                f"the op was stamped by node {stamp.node!r}, not by this device: stamp ops "
+                "with the device id the token was issued to",
+            ),
+        )
+    return None
+
+
+def _apply_one(op: Op, principal: Principal, batch_id: str, settings: Settings) -> OpResult:
+    rejection = _precheck(op, principal, settings, now_ms())
+    if rejection is not None:
+        return rejection
+    observe(op.hlc)
+    try:
+        resolution = apply_op(principal.tenant_id, op, settings)
+    except RecordTooLarge as exc:
+        return OpResult(op.op_id, OpStatus.REJECTED, error=OpError(ErrorCode.TOO_LARGE, str(exc)))
+    except ApplyFailed as exc:
+        return _queue(op, principal, batch_id, exc)
+    keep_record = resolution.status in (OpStatus.SUPERSEDED, OpStatus.MERGED)
+    return OpResult(op.op_id, resolution.status, resolution.record if keep_record else None)
+
+
+def _queue(op: Op, principal: Principal, batch_id: str, failure: ApplyFailed) -> OpResult:
+    message = RetryMessage(
+        principal.tenant_id, principal.device_id, batch_id, op, failure.reason, server_time()
+    )
+    try:
+        message_id = enqueue(message)
+    except QueueError as exc:
+        logger.error(
+            "op could be neither applied nor queued",
+            extra={"op_id": op.op_id, "store_cause": str(failure), "queue_cause": str(exc)},
+        )
+        raise _DualFailure(op.op_id, str(failure), str(exc)) from exc
+    logger.warning(
+        "op queued for retry",
+        extra={"op_id": op.op_id, "reason": failure.reason, "message_id": message_id},
+    )
+    return OpResult(op.op_id, OpStatus.QUEUED)
+
+
+def _group_by_record(items: Sequence[Union[Op, RejectedOp]]) -> list[list[tuple[int, Op]]]:
+    groups: dict[tuple[str, str], list[tuple[int, Op]]] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, Op):
+            groups.setdefault((item.collection, item.key), []).append((index, item))
+    return list(groups.values())
+
+
+def parse(raw: Any, settings: Settings) -> Any:
+    """parse_batch with its errors turned into API errors (400, 413)."""
+    try:
+        return parse_batch(raw, max_ops=settings.max_batch_ops)
+    except BatchTooLarge as exc:
+        raise PayloadTooLarge(
+            f"{exc}: split the batch",
+            details=limits_details(settings.max_batch_ops, settings.max_batch_bytes),
+        ) from exc
+    except ContractError as exc:
+        raise BadRequest(
+            f"the batch does not follow the protocol: {exc}",
+            details={"problems": [{"path": p.path, "message": p.message} for p in exc.problems]},
+        ) from exc
+
+
+def apply_batch(raw: Any, principal: Principal, settings: Settings) -> BatchResponse:
+    """Apply a decoded batch body for `principal`. Raises BadRequest, PayloadTooLarge, 503."""
+    started = time.monotonic()
+    batch = parse(raw, settings)
+    results: list[Optional[OpResult]] = [
+        item.to_result() if isinstance(item, RejectedOp) else None for item in batch.items
+    ]
+    failures: list[_DualFailure] = []
+    stop = threading.Event()
+
+    def run(group: list[tuple[int, Op]]) -> None:
+        for index, op in group:
+            if stop.is_set():
+                return
+            try:
+                results[index] = _apply_one(op, principal, batch.batch_id, settings)
+            except _DualFailure as exc:
+                failures.append(exc)
+                stop.set()
+                return
+
+    groups = _group_by_record(batch.items)
+    if len(groups) <= 1:
+        for group in groups:
+            run(group)
+    else:
+        with ThreadPoolExecutor(max_workers=min(settings.apply_concurrency, len(groups))) as pool:
+            list(pool.map(run, groups))
+    if failures:
+        first = failures[0]
+        raise ServiceUnavailable(
+            "the sync store and the retry queue both failed; nothing was lost: "
+            f"resend the same batch after {DUAL_FAILURE_RETRY_AFTER_S} s",
+            retry_after_s=DUAL_FAILURE_RETRY_AFTER_S,
+            details={
+                "op_id": first.op_id,
+                "causes": {"dynamodb": first.store_cause, "sqs": first.queue_cause},
+            },
+        )
+    final = [result for result in results if result is not None]
+    _record_metrics(final, time.monotonic() - started)
+    logger.info(
+        "batch applied",
+        extra={
+            "batch_id": batch.batch_id,
+            "tenant_id": principal.tenant_id,
+            "device_id": principal.device_id,
+            "ops": len(final),
+            "statuses": dict(Counter(r.status.value for r in final)),
+        },
+    )
+    return BatchResponse(batch.batch_id, server_time(), final)
+
+
+def _record_metrics(results: Sequence[OpResult], elapsed_s: float) -> None:
+    for status, count in Counter(r.status for r in results).items():
+        metrics.add_metric(
+            name=f"Ops{status.value.capitalize()}", unit=MetricUnit.Count, value=count
+        )
+    metrics.add_metric(name="BatchOps", unit=MetricUnit.Count, value=len(results))
+    metrics.add_metric(
+        name="BatchLatency", unit=MetricUnit.Milliseconds, value=round(elapsed_s * 1000, 1)
+    )
+
+
+def handle_batch_request(
+    body: Optional[str],
+    *,
+    is_base64: bool,
+    content_encoding: Optional[str],
+    principal: Principal,
+    settings: Settings,
+) -> BatchResponse:
+    """Decode the HTTP body (base64, gzip, bounded) and apply the batch."""
+    raw = decode_json_body(
+        body,
+        is_base64=is_base64,
+        content_encoding=content_encoding,
+        max_ops=settings.max_batch_ops,
+        max_bytes=settings.max_batch_bytes,
+    )
+    metrics.add_metric(name="BatchBytes", unit=MetricUnit.Bytes, value=len(body or ""))
+    return apply_batch(raw, principal, settings)

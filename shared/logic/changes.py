@@ -1,0 +1,113 @@
+"""GET /v1/changes: the tenant's records in commit-stamp order, paged by an opaque cursor.
+
+Why nothing is skipped: every write stamps `changed_at` (wall-clock server HLC) just before
+its conditional write, and a read only returns items stamped before the *settle horizon*
+`now - CHANGES_SETTLE_MS`. A write still in flight, or committed but not yet visible in the
+eventually consistent GSI, carries a stamp the reader has not passed yet, so the cursor
+(the last stamp returned, or the horizon once the feed is drained) never moves beyond it.
+The horizon must exceed write latency + GSI lag + clock skew between Lambdas; see
+docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+from shared.config import Settings
+from shared.contracts import ChangesPage, Record, format_hlc, limits
+from shared.contracts.validation import check_collection
+from shared.dal import Principal
+from shared.dal.records import feed
+from shared.errors import BadRequest, CursorExpired, InvalidCursor
+from shared.logic.clock import SERVER_NODE, now_ms
+
+CURSOR_VERSION = 1
+_STAMP_DIGITS = 13
+
+
+@dataclass(frozen=True)
+class ChangesResult:
+    page: ChangesPage
+    horizon: str  # HLC: every change committed before it has been delivered once has_more=False
+
+
+def encode_cursor(position: str) -> str:
+    raw = json.dumps({"v": CURSOR_VERSION, "after": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The feed position a cursor stands for. Raises InvalidCursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor(
+            "the cursor is not one this server issued: pass the cursor of the last page "
+            "unchanged, or omit `after` to start over"
+        ) from exc
+    if not isinstance(value, dict):
+        raise InvalidCursor("the cursor is damaged: omit `after` to start over")
+    position = value.get("after")
+    if value.get("v") != CURSOR_VERSION or not isinstance(position, str):
+        raise InvalidCursor("the cursor is from another version: omit `after` to start over")
+    if position and not position[:_STAMP_DIGITS].isdigit():
+        raise InvalidCursor("the cursor is damaged: omit `after` to start over")
+    return position
+
+
+def parse_limit(text: Optional[str]) -> int:
+    if text is None or text == "":
+        return limits.DEFAULT_CHANGES_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= limits.MAX_CHANGES_LIMIT:
+        raise BadRequest(
+            f"limit={text!r} is invalid: use an integer from 1 to {limits.MAX_CHANGES_LIMIT}"
+        )
+    return int(text)
+
+
+def read_changes(
+    principal: Principal,
+    *,
+    after: Optional[str],
+    limit: int,
+    collection: Optional[str],
+    settings: Settings,
+) -> ChangesResult:
+    """One page of the caller's tenant's changes after `after` (None: from the beginning)."""
+    if collection is not None:
+        problems = check_collection(collection, "collection")
+        if problems:
+            raise BadRequest(f"collection={collection!r} is invalid: {problems[0].message}")
+    now = now_ms()
+    position = decode_cursor(after) if after else ""
+    if position and int(position[:_STAMP_DIGITS]) < now - settings.tombstone_retention_ms:
+        raise CursorExpired(
+            f"the cursor is older than the {settings.tombstone_retention_days}-day tombstone "
+            "retention, so deletes may have been forgotten: resync from the beginning "
+            "(omit `after`)",
+            details={"retention_days": settings.tombstone_retention_days},
+        )
+    horizon_ms = now - settings.changes_settle_ms
+    # A stamp sorts below this key exactly when its physical part is before the horizon.
+    horizon_key = f"{horizon_ms:0{_STAMP_DIGITS}d}"
+    changes: list[Record] = []
+    last = position
+    has_more = False
+    for entry in feed(principal.tenant_id, after=position, collection=collection):
+        if entry.changed_at >= horizon_key:
+            break
+        if len(changes) == limit:
+            has_more = True
+            break
+        changes.append(entry.record)
+        last = entry.changed_at
+    if not has_more:
+        # Drained up to the horizon: later writes all stamp at or after it.
+        last = max(last, horizon_key)
+    page = ChangesPage(changes, encode_cursor(last), has_more)
+    return ChangesResult(page, format_hlc(max(horizon_ms, 0), 0, SERVER_NODE))
