@@ -1,0 +1,1 @@
+"""Operator tooling (`sync-admin`): devices, the dead-letter queue, stats."""

@@ -1,0 +1,1 @@
+"""The embedded default cloud (`sync-local`): moto, the template's resources, a local gateway."""

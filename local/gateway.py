@@ -1,0 +1,194 @@
+"""The local REST API: a stdlib HTTP server that does what API Gateway does for the template.
+
+Each request is routed by the template's OpenAPI routes, authorized by the template's
+REQUEST authorizer, turned into the proxy event and answered by the real handler, in process.
+Paths under `/_local/` are the local cloud's own admin routes (not part of the public API,
+answered only to loopback clients).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from local.authorizer import LocalAuthorizer
+from local.events import HttpRequest, proxy_event
+from local.functions import LocalFunction
+from local.routing import (
+    Refusal,
+    Response,
+    Router,
+    decode_body,
+    lambda_response,
+    render_refusal,
+)
+from local.template import ApiSpec
+
+log = logging.getLogger("fieldsync.local.gateway")
+
+MAX_RAW_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's REST payload limit
+LocalRoute = Callable[[HttpRequest], tuple[int, Any]]
+
+
+@dataclass
+class GatewayConfig:
+    api: ApiSpec
+    stage: str
+    functions: Mapping[str, LocalFunction]
+    authorizers: Mapping[str, LocalAuthorizer]
+    inflate_limit: int  # the batch limit: a compressed body may not inflate past it
+    local_routes: Mapping[tuple[str, str], LocalRoute] = field(default_factory=dict)
+    verbose: bool = False
+
+
+class Gateway:
+    """Routing, authorization and invocation, independent of the socket server."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._router = Router(config.api.routes)
+
+    def handle(self, request: HttpRequest) -> Response:
+        try:
+            local = self.config.local_routes.get((request.method, request.path))
+            if local is not None:
+                return self._local(local, request)
+            return self._invoke(request)
+        except Refusal as refusal:
+            return render_refusal(refusal, self.config.api.gateway_responses, request.request_id)
+
+    def _local(self, route: LocalRoute, request: HttpRequest) -> Response:
+        if not ip_address(request.source_ip).is_loopback:
+            raise Refusal("ACCESS_DENIED", "local admin routes answer only to this machine")
+        status, payload = route(request)
+        body = json.dumps(payload).encode("utf-8")
+        return Response(status, [("Content-Type", "application/json")], body)
+
+    def _invoke(self, request: HttpRequest) -> Response:
+        match = self._router.match(request.method, request.path)
+        body = decode_body(
+            request.body, request.header("Content-Encoding"), self.config.inflate_limit
+        )
+        if body is not request.body:
+            # Like a REST API with content encoding: the Lambda sees the inflated body.
+            headers = [
+                (k, v)
+                for k, v in request.headers
+                if k.lower() not in ("content-encoding", "content-length")
+            ]
+            headers.append(("Content-Length", str(len(body))))
+            request = HttpRequest(
+                request.method,
+                request.path,
+                request.query,
+                headers,
+                body,
+                request.source_ip,
+                request.request_id,
+            )
+        authorizer_context: Optional[dict[str, Any]] = None
+        if match.route.authorizer is not None:
+            decision = self.config.authorizers[match.route.authorizer].authorize(
+                request, match.route.path, match.path_parameters
+            )
+            if not decision.allowed:
+                raise Refusal(decision.response_type, decision.message)
+            authorizer_context = decision.context
+        event = proxy_event(
+            request,
+            resource=match.route.path,
+            path_parameters=match.path_parameters,
+            stage=self.config.stage,
+            binary_media_types=self.config.api.binary_media_types,
+            authorizer=authorizer_context,
+        )
+        try:
+            result = self.config.functions[match.route.function].invoke(event)
+        except Exception as exc:
+            log.error(
+                "handler raised",
+                extra={"function": match.route.function, "error": type(exc).__name__},
+                exc_info=self.config.verbose,
+            )
+            raise Refusal("BAD_GATEWAY", "Internal server error") from exc
+        return lambda_response(result)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: GatewayServer
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle kept-alive connection does not hold a thread forever
+
+    def _serve(self) -> None:
+        started = time.monotonic()
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self._send(
+                render_refusal(Refusal("UNSUPPORTED_MEDIA_TYPE", "send a Content-Length"), {}, "")
+            )
+            self.close_connection = True
+            return
+        size = int(length) if length and length.isdigit() else 0
+        if size > MAX_RAW_BODY_BYTES:
+            self._send(
+                render_refusal(
+                    Refusal(
+                        "REQUEST_TOO_LARGE", f"the request body exceeds {MAX_RAW_BODY_BYTES} bytes"
+                    ),
+                    self.server.gateway.config.api.gateway_responses,
+                    "",
+                )
+            )
+            self.close_connection = True
+            return
+        body = self.rfile.read(size) if size else b""
+        url = urlsplit(self.path)
+        request = HttpRequest(
+            method=self.command,
+            path=url.path or "/",
+            query=url.query,
+            headers=list(self.headers.items()),
+            body=body,
+            source_ip=self.client_address[0],
+        )
+        response = self.server.gateway.handle(request)
+        self._send(response)
+        if self.server.gateway.config.verbose:
+            log.info(
+                "%s %s %d %.1f ms",
+                self.command,
+                url.path,
+                response.status,
+                (time.monotonic() - started) * 1000,
+            )
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers:
+            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests are logged by _serve when verbose
+
+
+class GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False  # a port in use must fail, not be shared
+
+    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
+        self.gateway = gateway
+        super().__init__(address, _Handler)

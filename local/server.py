@@ -1,0 +1,242 @@
+"""Assemble and run the local cloud: moto server, stack, handlers, gateway, queue pollers.
+
+Environment changes (fake credentials, region, `AWS_ENDPOINT_URL` pointing at the moto
+server, each function's variables) are made in this process only: `sync-local` is its own
+process, so nothing leaks into a test runner or the user's shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from local.authorizer import LocalAuthorizer
+from local.errors import StartupError, TemplateError
+from local.events import HttpRequest
+from local.functions import LocalFunction, load_functions
+from local.gateway import Gateway, GatewayConfig, GatewayServer
+from local.resources import Stack, create_stack
+from local.retry import QueuePoller
+from local.template import StackTemplate, load_template
+
+log = logging.getLogger("fieldsync.local")
+
+DEV_TENANT = "dev"
+DEV_DEVICE = "dev-device"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    template: Path = Path("template.yaml")
+    verbose: bool = False
+    stack_name: str = "fieldsync-local"
+    region: str = "us-east-1"
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    retry_visibility_s: Optional[int] = None
+
+
+def _fake_aws_environment(region: str, verbose: bool) -> None:
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": region,
+            "AWS_REGION": region,
+            "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
+        }
+    )
+    if not verbose:
+        os.environ.update({"AWS_LAMBDA_LOG_LEVEL": "WARN", "POWERTOOLS_METRICS_DISABLED": "true"})
+        warnings.filterwarnings("ignore", message="Current log level")
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+class LocalCloud:
+    """The whole cloud side on this machine. `start()`, then `endpoint`, then `stop()`."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.template: Optional[StackTemplate] = None
+        self.stack: Optional[Stack] = None
+        self.functions: dict[str, LocalFunction] = {}
+        self.moto_endpoint = ""
+        self._moto: Any = None
+        self._server: Optional[GatewayServer] = None
+        self._pollers: list[QueuePoller] = []
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        options = self.options
+        try:
+            self._server = GatewayServer((options.host, options.port), None)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {options.host}:{options.port} ({exc.strerror}): "
+                "stop what uses it or pass --port"
+            ) from exc
+        _fake_aws_environment(options.region, options.verbose)
+        template = load_template(
+            options.template, region=options.region, overrides=dict(options.parameters)
+        )
+        self.template = template
+        self._start_moto()
+        import boto3
+
+        self.stack = create_stack(template, options.stack_name, options.region, boto3.Session())
+        self.functions = load_functions(template, self.stack, options.env)
+        self._server.gateway = self._gateway(template, self.stack)
+        self._start_pollers(template, self.stack)
+        thread = threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_moto(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        try:
+            self._moto.start()
+        except Exception as exc:
+            raise StartupError(f"moto server failed to start: {exc}") from exc
+        host, port = self._moto.get_host_and_port()
+        self.moto_endpoint = f"http://{host}:{port}"
+        os.environ["AWS_ENDPOINT_URL"] = self.moto_endpoint
+
+    def _gateway(self, template: StackTemplate, stack: Stack) -> Gateway:
+        if len(template.apis) != 1:
+            raise TemplateError(
+                f"the template declares {len(template.apis)} REST APIs; "
+                "the local gateway serves exactly one"
+            )
+        api = template.apis[0]
+        stage = str(stack.resolve(api.stage, "the API's StageName") or "local")
+        authorizers = {
+            name: LocalAuthorizer(
+                spec, self.functions[spec.function], region=stack.region, stage=stage
+            )
+            for name, spec in api.authorizers.items()
+        }
+        config = GatewayConfig(
+            api=api,
+            stage=stage,
+            functions=self.functions,
+            authorizers=authorizers,
+            inflate_limit=self._batch_limit(),
+            local_routes={
+                ("POST", "/_local/devices"): self._register_route,
+                ("GET", "/_local/resources"): lambda _request: (200, self.resources()),
+            },
+            verbose=self.options.verbose,
+        )
+        return Gateway(config)
+
+    def _batch_limit(self) -> int:
+        from shared.config import ENV_MAX_BATCH_BYTES
+        from shared.contracts import limits
+
+        values = [
+            int(f.environment[ENV_MAX_BATCH_BYTES])
+            for f in self.functions.values()
+            if f.environment.get(ENV_MAX_BATCH_BYTES, "").isdigit()
+        ]
+        return max(values) if values else limits.MAX_BATCH_BYTES
+
+    def _start_pollers(self, template: StackTemplate, stack: Stack) -> None:
+        import boto3
+
+        sqs = boto3.client("sqs")
+        for source in template.event_sources:
+            poller = QueuePoller(
+                sqs,
+                stack.queues[source.queue],
+                source,
+                self.functions[source.function],
+                region=stack.region,
+                failure_visibility_s=self.options.retry_visibility_s,
+            )
+            poller.start()
+            self._pollers.append(poller)
+
+    def register_device(self, tenant: str, device: str) -> str:
+        """A new token for `device` of `tenant`, through the project's device registry."""
+        from shared.dal import register_device
+
+        return register_device(tenant, device)
+
+    def _register_route(self, request: HttpRequest) -> tuple[int, Any]:
+        from shared.errors import FieldSyncError
+
+        try:
+            payload = json_object(request.body)
+            tenant, device = str(payload["tenant"]), str(payload["device"])
+        except (ValueError, KeyError) as exc:
+            return 400, _error("bad_request", f'send {{"tenant": T, "device": D}}: {exc}')
+        try:
+            token = self.register_device(tenant, device)
+        except FieldSyncError as exc:
+            return 400, _error("bad_request", str(exc))
+        return 200, {"tenant": tenant, "device": device, "token": token}
+
+    def resources(self) -> dict[str, Any]:
+        """What an operator tool needs to reach this stack (`sync-admin --local`)."""
+        from shared.config import ENV_DEVICES_TABLE, ENV_RECORDS_TABLE, ENV_RETRY_QUEUE_URL
+
+        assert self.stack is not None
+        env: dict[str, str] = {}
+        for function in self.functions.values():
+            env.update(function.environment)
+        queue_url = env.get(ENV_RETRY_QUEUE_URL, "")
+        retry = next((q for q in self.stack.queues.values() if q.url == queue_url), None)
+        dlq = next(
+            (q for q in self.stack.queues.values() if retry and q.arn == retry.dead_letter_arn),
+            None,
+        )
+        return {
+            "endpoint_url": self.moto_endpoint,
+            "region": self.stack.region,
+            "stack_name": self.stack.name,
+            "table": env.get(ENV_RECORDS_TABLE, ""),
+            "devices_table": env.get(ENV_DEVICES_TABLE, ""),
+            "queue_url": queue_url,
+            "dlq_url": dlq.url if dlq else "",
+        }
+
+    def stop(self) -> None:
+        if self._server is not None:
+            if self._threads:
+                self._server.shutdown()
+            self._server.server_close()
+        for poller in self._pollers:
+            poller.stop()
+        if self._moto is not None:
+            self._moto.stop()
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    import json
+
+    value = json.loads(body or b"{}")
+    if not isinstance(value, dict):
+        raise ValueError("the body must be a JSON object")
+    return value
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
