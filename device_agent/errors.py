@@ -45,3 +45,11 @@ class NotFound(AgentError, LookupError):
 
 
 # --- sync (added by the sync side below this line) ---------------------------------------
+
+
+class NotConfigured(AgentError):
+    """The database has no endpoint or token yet: `sync-agent init` has not been run."""
+
+
+class InvalidInput(AgentError, ValueError):
+    """A command-line or API argument is not usable (bad JSON, unknown priority, ...)."""

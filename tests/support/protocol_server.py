@@ -68,6 +68,7 @@ class ProtocolServer:
         self.records: dict[tuple[str, str], Record] = {}
         self.applied: Counter[str] = Counter()  # op_id -> times it took effect
         self.seen: list[Seen] = []
+        self.arrivals: list[Op] = []  # every valid op received, in arrival order
         self._log: list[tuple[str, str]] = []  # change log: index + 1 is the cursor
         self._expired_before = 0
         self._failures: list[tuple[int, Optional[float], str]] = []
@@ -139,10 +140,12 @@ class ProtocolServer:
         """Apply an op as if another device had sent it."""
         with self._lock:
             self._apply(op)
+            self.arrivals.pop()
 
     # -- the protocol ------------------------------------------------------------------
 
     def _apply(self, op: Op) -> OpResult:
+        self.arrivals.append(op)
         forced = self._forced.get(op.op_id)
         if forced is not None:
             status, code = forced

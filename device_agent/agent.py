@@ -1,0 +1,296 @@
+"""The agent's Python API (CLI.md): what an app on the device embeds.
+
+    from device_agent import Agent, Priority
+
+    with Agent.open("device.db") as agent:
+        agent.put("preferences", "user-42", {"currency": "BTC"}, priority=Priority.CRITICAL)
+        summary = agent.sync(timeout=30)   # never raises because the cloud is unreachable
+
+Writes go to the durable outbox first and work offline; `sync` pushes and pulls when it can.
+An Agent owns one SQLite connection and belongs to the thread that opened it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Optional, Union
+
+from device_agent.backoff import ExponentialBackoff, RetryPolicy
+from device_agent.db import open_database
+from device_agent.errors import DatabaseError, NotConfigured
+from device_agent.network import NetworkMonitor
+from device_agent.outbox import Outbox
+from device_agent.replica import Replica
+from device_agent.state import AgentState
+from device_agent.summary import ProcessingSummary
+from device_agent.sync import SyncConfig, SyncEngine
+from device_agent.transport import HttpTransport, Transport
+from shared.contracts import JsonObject, OpKind, Priority
+
+PathLike = Union[str, "os.PathLike[str]"]
+TransportFactory = Callable[[str, str], Transport]
+"""(endpoint, token) -> Transport. Tests pass one that wraps HttpTransport in a FaultTransport."""
+
+_SETTLED = ("auth", "timeout", "stopped")
+
+
+def default_sync_policy() -> RetryPolicy:
+    """Retries within one `sync()` call: short, jittered, and few."""
+    return RetryPolicy(ExponentialBackoff(base=0.5, cap=5.0))
+
+
+class Agent:
+    """One device database: record writes, read the local view, sync, report status."""
+
+    def __init__(
+        self,
+        path: PathLike,
+        conn: sqlite3.Connection,
+        *,
+        transport_factory: Optional[TransportFactory] = None,
+        sync_config: Optional[SyncConfig] = None,
+        retry_policy: Optional[RetryPolicy] = None,
+        max_attempts: int = 3,
+        monitor: Optional[NetworkMonitor] = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.conn = conn
+        self.state = AgentState(conn)
+        self.outbox = Outbox(conn, self.state)
+        self.replica = Replica(conn)
+        self.monitor = monitor or NetworkMonitor()
+        self.sync_config = sync_config or SyncConfig()
+        self.retry_policy = retry_policy or default_sync_policy()
+        self.max_attempts = max(1, max_attempts)
+        self._transport_factory: TransportFactory = transport_factory or HttpTransport
+        self._transport: Optional[Transport] = None
+        self._transport_key: Optional[tuple[str, str]] = None
+        self._engine: Optional[SyncEngine] = None
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        path: PathLike,
+        *,
+        endpoint: str,
+        token: str,
+        device_id: Optional[str] = None,
+        **options: Any,
+    ) -> Agent:
+        """Create (or update) the device database with its settings, and open it."""
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {endpoint!r} must start with http:// or https://")
+        if not token:
+            raise ValueError("token must not be empty: get one with `sync-admin device register`")
+        agent = cls(path, open_database(path), **options)
+        try:
+            agent.state.update_settings(endpoint=endpoint, token=token, device_id=device_id)
+        except BaseException:
+            agent.close()
+            raise
+        agent.monitor.clear_auth()
+        return agent
+
+    @classmethod
+    def open(cls, path: PathLike, **options: Any) -> Agent:
+        """Open an existing device database (created by `Agent.init` / `sync-agent init`)."""
+        location = os.fspath(path)
+        if not Path(location).is_file():
+            raise DatabaseError(
+                f"no agent database at {location}: run `sync-agent init --endpoint URL "
+                "--token TOKEN` first, or pass --db (or set SYNC_AGENT_DB)",
+                path=location,
+            )
+        return cls(location, open_database(location), **options)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self.conn.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    # -- writes and reads ----------------------------------------------------------------
+
+    def put(
+        self,
+        collection: str,
+        key: str,
+        data: JsonObject,
+        *,
+        priority: Union[Priority, int, str] = Priority.NORMAL,
+    ) -> str:
+        """Record a whole-document write (works offline); returns the op id."""
+        return self.outbox.record(collection, key, OpKind.PUT, data, Priority.parse(priority)).op_id
+
+    def patch(
+        self,
+        collection: str,
+        key: str,
+        data: JsonObject,
+        *,
+        priority: Union[Priority, int, str] = Priority.NORMAL,
+    ) -> str:
+        """Record a field update: the given fields are set, a field set to None is removed."""
+        return self.outbox.record(
+            collection, key, OpKind.PATCH, data, Priority.parse(priority)
+        ).op_id
+
+    def delete(
+        self, collection: str, key: str, *, priority: Union[Priority, int, str] = Priority.NORMAL
+    ) -> str:
+        """Record a delete (a tombstone that an older write cannot undo)."""
+        return self.outbox.record(
+            collection, key, OpKind.DELETE, None, Priority.parse(priority)
+        ).op_id
+
+    def put_many(
+        self,
+        items: Iterable[Sequence[Any]],
+        *,
+        priority: Union[Priority, int, str] = Priority.NORMAL,
+    ) -> list[str]:
+        """Record several whole-document writes `(collection, key, data)` in one transaction."""
+        level = Priority.parse(priority)
+        ops = self.outbox.record_many(
+            [(collection, key, OpKind.PUT, data, level) for collection, key, data in items]
+        )
+        return [op.op_id for op in ops]
+
+    def get(self, collection: str, key: str) -> Optional[JsonObject]:
+        """The local view: the synced replica with pending local ops applied (None if absent
+        or deleted)."""
+        return self.replica.view(collection, key, self.outbox.pending_for(collection, key))
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def engine(self) -> SyncEngine:
+        """The sync engine, with a transport for the current settings (rebuilt if they change)."""
+        settings = self.state.settings()
+        if not settings.endpoint or not settings.token:
+            raise NotConfigured(
+                f"{self.path} has no endpoint or token: run `sync-agent init --endpoint URL "
+                "--token TOKEN`"
+            )
+        key = (settings.endpoint, settings.token)
+        if self._engine is None or key != self._transport_key:
+            if self._transport is not None:
+                self._transport.close()
+            if self._transport_key is not None and key[1] != self._transport_key[1]:
+                self.monitor.clear_auth()  # a new token deserves a new try
+            self._transport = self._transport_factory(*key)
+            self._transport_key = key
+            self._engine = SyncEngine(
+                self.outbox,
+                self.state,
+                self.replica,
+                self._transport,
+                monitor=self.monitor,
+                config=self.sync_config,
+            )
+        return self._engine
+
+    def sync(
+        self,
+        timeout: float = 30.0,
+        *,
+        progress: Optional[Callable[[ProcessingSummary], None]] = None,
+    ) -> ProcessingSummary:
+        """Push until the outbox is empty and pull until up to date, within `timeout` seconds.
+
+        Never raises for an unreachable or failing cloud: the summary says what happened
+        (`synced`, `reached_cloud`, `stopped_by`, `errors`) and nothing is lost. Transient
+        failures are retried a few times with jittered backoff while time allows. `progress`
+        is called with the running summary after every batch and page.
+        """
+        engine = self.engine()
+        engine.on_progress = progress
+        summary = ProcessingSummary()
+        deadline = time.monotonic() + max(0.0, timeout)
+        attempt = 0
+        while True:
+            summary.stopped_by, summary.retry_after = None, None
+            engine.round(summary, deadline=deadline)
+            if summary.synced or summary.stopped_by in _SETTLED:
+                break
+            attempt += 1
+            if attempt >= self.max_attempts:
+                break
+            delay = self.retry_policy.next_delay(attempt, summary.retry_after)
+            if time.monotonic() + delay >= deadline:
+                break
+            self.state.update_stats(current_backoff_s=round(delay, 3))
+            time.sleep(delay)
+        engine.on_progress = None
+        if summary.synced:
+            self.retry_policy.reset()
+        return summary
+
+    # -- status and quarantine -----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What `sync-agent status --json` prints (never the token)."""
+        settings = self.state.settings()
+        box = self.outbox.stats()
+        stats = self.state.stats()
+        return {
+            "database": self.path,
+            "device_id": settings.device_id,
+            "endpoint": settings.endpoint,
+            "configured": bool(settings.endpoint and settings.token),
+            "pending": box.total_ops,
+            "depth": dict(box.depth),
+            "bytes": box.total_bytes,
+            "oldest_pending_age_s": box.oldest_pending_age_s,
+            "in_flight": box.in_flight,
+            "quarantined": box.quarantined,
+            "last_success_at": stats.last_success_at,
+            "last_attempt_at": stats.last_attempt_at,
+            "last_error": stats.last_error,
+            "consecutive_failures": stats.consecutive_failures,
+            "current_backoff_s": stats.current_backoff_s,
+            "connectivity": stats.connectivity.value,
+            "clock_offset_ms": stats.clock_offset_ms,
+        }
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Ops the cloud rejected permanently, with the reason it gave."""
+        return [
+            {
+                "op_id": item.op.op_id,
+                "collection": item.op.collection,
+                "key": item.op.key,
+                "kind": item.op.kind.value,
+                "priority": Priority(item.op.priority).name.lower(),
+                "code": item.code,
+                "message": item.message,
+                "attempts": item.attempts,
+                "quarantined_at": item.quarantined_at,
+            }
+            for item in self.outbox.quarantined()
+        ]
+
+    def retry_quarantined(self, op_id: str) -> str:
+        """Send a quarantined op again (after fixing what the cloud objected to)."""
+        return self.outbox.retry_quarantined(op_id).op_id
+
+    def drop_quarantined(self, op_id: str) -> None:
+        """Give up on a quarantined op for good."""
+        self.outbox.drop_quarantined(op_id)

@@ -1,0 +1,387 @@
+"""The sync engine: push the outbox, pull the changes, act on every answer of PROTOCOL.md.
+
+Push claims ops in priority order (critical first, FIFO within a priority) in batches bounded
+by op count and bytes, and acts on each per-op status: `applied`, `duplicate` and `queued`
+are acked; `superseded` and `merged` are acked and their `record` folded into the replica;
+`rejected` is quarantined - except `clock_ahead`, which re-stamps the ops from the clock
+corrected by the server's time and sends them again. A 413 halves the batch, a 400 bisects
+it until the bad op is alone and quarantined; one bad op never holds back the others.
+Whole-request failures release the ops (nothing is lost) and end the round with the failure,
+so the caller can back off. Pull pages from the persisted cursor, applies each page and its
+cursor in one transaction, and starts over from the beginning on 410.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+from device_agent.db import transaction
+from device_agent.network import Connectivity, NetworkMonitor, classify
+from device_agent.outbox import Outbox, PendingOp
+from device_agent.replica import Replica
+from device_agent.state import AgentState
+from device_agent.summary import ProcessingSummary
+from device_agent.transport import (
+    Accepted,
+    AuthFailed,
+    BadRequest,
+    CursorExpired,
+    Failure,
+    Outcome,
+    Page,
+    Throttled,
+    TooLarge,
+    Transport,
+    Unreachable,
+    new_batch_id,
+)
+from shared.contracts import BatchResponse, ErrorCode, OpStatus, limits
+
+log = logging.getLogger("device_agent.sync")
+
+_ACK = (OpStatus.APPLIED, OpStatus.DUPLICATE, OpStatus.QUEUED)
+_FOLD = (OpStatus.SUPERSEDED, OpStatus.MERGED)
+
+
+@dataclass
+class SyncConfig:
+    """Batch bounds (the server's limits at most), pull page size, lease length."""
+
+    batch_ops: int = 100
+    batch_bytes: int = 1024 * 1024
+    pull_limit: int = 500
+    lease_s: float = 120.0
+    max_restamps: int = 3
+    restamp_retry_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.batch_ops = max(1, min(self.batch_ops, limits.MAX_OPS_PER_BATCH))
+        self.batch_bytes = max(1024, min(self.batch_bytes, limits.MAX_BATCH_BYTES))
+        self.pull_limit = max(1, min(self.pull_limit, limits.MAX_CHANGES_LIMIT))
+
+
+class Stop(Exception):
+    """Raised inside a round to end it with a failure that concerns the whole request."""
+
+    def __init__(self, failure: Union[Failure, str]) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def failure_name(failure: Union[Failure, str]) -> str:
+    """A short stable name for why a round stopped (used in summaries and status)."""
+    if isinstance(failure, str):
+        return failure
+    names = {
+        "Unreachable": "unreachable",
+        "Throttled": "throttled",
+        "AuthFailed": "auth",
+        "ServerError": "server_error",
+        "BadRequest": "bad_request",
+        "TooLarge": "too_large",
+        "CursorExpired": "cursor_expired",
+    }
+    return names.get(type(failure).__name__, type(failure).__name__)
+
+
+def describe(failure: Union[Failure, str]) -> str:
+    if isinstance(failure, str):
+        return failure
+    if isinstance(failure, Unreachable):
+        return f"cloud unreachable: {failure.reason}"
+    if isinstance(failure, Throttled):
+        hint = f", retry after {failure.retry_after:g}s" if failure.retry_after else ""
+        return f"cloud busy (HTTP {failure.status}{hint}): {failure.message}"
+    if isinstance(failure, AuthFailed):
+        return f"token refused (HTTP {failure.status}): {failure.message}"
+    status = getattr(failure, "status", None)
+    message = getattr(failure, "message", "")
+    return f"{failure_name(failure)}{f' (HTTP {status})' if status else ''}: {message}"
+
+
+class SyncEngine:
+    """One device database's push and pull against one transport."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        state: AgentState,
+        replica: Replica,
+        transport: Transport,
+        *,
+        monitor: Optional[NetworkMonitor] = None,
+        config: Optional[SyncConfig] = None,
+        wall: Callable[[], float] = time.time,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.outbox, self.state, self.replica = outbox, state, replica
+        self.transport = transport
+        self.monitor = monitor or NetworkMonitor()
+        self.config = config or SyncConfig()
+        self._wall = wall
+        self.should_stop = should_stop
+        self._batch_ops = self.config.batch_ops
+        self._batch_bytes = self.config.batch_bytes
+        self._restamps: dict[str, int] = {}
+        self.on_progress: Optional[Callable[[ProcessingSummary], None]] = None
+
+    # -- a round: push, then pull ------------------------------------------------------
+
+    def round(
+        self,
+        summary: Optional[ProcessingSummary] = None,
+        *,
+        deadline: Optional[float] = None,
+        pull: bool = True,
+    ) -> ProcessingSummary:
+        """Push everything ready, then pull until up to date (pull runs even when push hit a
+        transient failure, so pending pushes never hold back incoming changes)."""
+        summary = summary or ProcessingSummary()
+        started = time.monotonic()
+        requests_before = summary.requests
+        push_failure = self._guard(lambda: self.push(summary, deadline=deadline))
+        pull_failure: Union[Failure, str, None] = None
+        hopeless = isinstance(push_failure, (AuthFailed, Unreachable)) or push_failure in (
+            "stopped",
+            "timeout",
+        )
+        if pull and not hopeless:
+            pull_failure = self._guard(lambda: self.pull(summary, deadline=deadline))
+        summary.pushed_all = push_failure is None
+        summary.pulled_all = pull and not hopeless and pull_failure is None
+        failure = push_failure if push_failure is not None else pull_failure
+        if failure is not None:
+            summary.stopped_by = failure_name(failure)
+            summary.error(describe(failure))
+            if isinstance(failure, Throttled) and failure.retry_after:
+                summary.retry_after = max(summary.retry_after or 0.0, failure.retry_after)
+        summary.remaining = self.outbox.depth()
+        summary.duration_s += time.monotonic() - started
+        if summary.requests > requests_before or failure is not None:
+            # Only a round that talked to the cloud writes stats: an idle worker polling the
+            # outbox must not rewrite the database (and wear the SD card) twice a second.
+            self._record_stats(summary, failure)
+        return summary
+
+    def _guard(self, step: Callable[[], None]) -> Union[Failure, str, None]:
+        try:
+            step()
+        except Stop as stop:
+            return stop.failure
+        return None
+
+    def _record_stats(self, summary: ProcessingSummary, failure: Union[Failure, str, None]) -> None:
+        now = self._wall()
+        previous = self.state.stats()
+        connectivity = self.monitor.state.value
+        if failure is None:
+            self.state.update_stats(
+                last_success_at=now,
+                last_attempt_at=now,
+                consecutive_failures=0,
+                current_backoff_s=0.0,
+                connectivity=connectivity,
+            )
+        elif failure in ("stopped", "timeout"):
+            self.state.update_stats(last_attempt_at=now, connectivity=connectivity)
+        else:
+            self.state.update_stats(
+                last_attempt_at=now,
+                last_error=describe(failure),
+                consecutive_failures=previous.consecutive_failures + 1,
+                connectivity=connectivity,
+            )
+
+    def _observe(self, outcome: Outcome, summary: ProcessingSummary) -> None:
+        summary.requests += 1
+        summary.bytes_sent += outcome.traffic.sent
+        summary.bytes_received += outcome.traffic.received
+        if classify(outcome) is not Connectivity.OFFLINE:
+            summary.reached_cloud = True
+        self.monitor.observe(outcome)
+
+    def _check_time(self, deadline: Optional[float]) -> None:
+        if self.should_stop():
+            raise Stop("stopped")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Stop("timeout")
+
+    # -- push --------------------------------------------------------------------------
+
+    def push(self, summary: ProcessingSummary, *, deadline: Optional[float] = None) -> None:
+        """Send ready ops until none is left; raises Stop on a whole-request failure."""
+        while True:
+            self._check_time(deadline)
+            claimed = self.outbox.claim(
+                limit=self._batch_ops,
+                max_bytes=self._batch_bytes,
+                lease_s=self.config.lease_s,
+                now=self._wall(),
+            )
+            if not claimed:
+                return
+            self._deliver(claimed, summary, deadline)
+
+    def _deliver(
+        self, claimed: list[PendingOp], summary: ProcessingSummary, deadline: Optional[float]
+    ) -> None:
+        """Send the claimed ops, splitting on 413/400; every claimed op ends acked,
+        quarantined or released, whatever happens."""
+        work: list[list[PendingOp]] = [claimed]
+        try:
+            while work:
+                batch = work.pop()
+                outcome = self.transport.push(new_batch_id(), [p.op for p in batch])
+                self._observe(outcome, summary)
+                if isinstance(outcome, Accepted):
+                    self._settle(batch, outcome.response, summary)
+                elif isinstance(outcome, (TooLarge, BadRequest)) and len(batch) > 1:
+                    # Halve on 413; bisect on 400 until the bad op stands alone.
+                    middle = len(batch) // 2
+                    work += [batch[middle:], batch[:middle]]
+                    if isinstance(outcome, TooLarge):
+                        self._shrink(len(batch), outcome)
+                elif isinstance(outcome, (TooLarge, BadRequest)):
+                    code = ErrorCode.TOO_LARGE if isinstance(outcome, TooLarge) else outcome.code
+                    self._quarantine(batch[0], str(getattr(code, "value", code)), outcome.message)
+                    summary.quarantined += 1
+                    summary.error(f"op {batch[0].op.op_id} quarantined: {outcome.message}")
+                else:
+                    self._release(batch, describe(outcome), attempted=True)
+                    raise Stop(outcome)
+                if self.on_progress is not None:
+                    self.on_progress(summary)
+                if work:
+                    self._check_time(deadline)
+        finally:
+            # Anything not sent (a Stop, a crash) goes back untouched: nothing is lost.
+            leftover = [p for batch in work for p in batch]
+            if leftover:
+                self._release(leftover, "not sent", attempted=False)
+
+    def _shrink(self, size: int, outcome: TooLarge) -> None:
+        self._batch_ops = max(1, min(self._batch_ops, size // 2, outcome.max_ops or size))
+        if outcome.max_bytes:
+            self._batch_bytes = max(1024, min(self._batch_bytes, outcome.max_bytes))
+        log.info("batch shrunk max_ops=%d max_bytes=%d", self._batch_ops, self._batch_bytes)
+
+    def _settle(
+        self, batch: Sequence[PendingOp], response: BatchResponse, summary: ProcessingSummary
+    ) -> None:
+        self.state.merge_server_time(response.server_time)
+        results = {r.op_id: r for r in response.results if r.op_id}
+        acks: list[str] = []
+        ahead: list[PendingOp] = []
+        missing: list[PendingOp] = []
+        with transaction(self.state.conn):
+            for pending in batch:
+                result = results.get(pending.op.op_id)
+                if result is None:
+                    missing.append(pending)
+                    continue
+                if result.status in _ACK or result.status in _FOLD:
+                    if result.status in _FOLD and result.record is not None:
+                        self.replica.apply(result.record)
+                    acks.append(pending.op.op_id)
+                    summary.count(result.status)
+                elif result.error is not None and result.error.code is ErrorCode.CLOCK_AHEAD:
+                    ahead.append(pending)
+                else:
+                    code = result.error.code.value if result.error else ErrorCode.INVALID_OP.value
+                    message = result.error.message if result.error else "rejected"
+                    self._quarantine(pending, code, message)
+                    summary.count(OpStatus.REJECTED)
+                    summary.quarantined += 1
+                    summary.error(f"op {pending.op.op_id} rejected: {code}: {message}")
+            self.outbox.ack(acks)
+            if missing:
+                self._release(missing, "the cloud sent no result for this op", attempted=True)
+        if ahead:
+            self._restamp(ahead, response, summary)
+
+    def _restamp(
+        self, ahead: list[PendingOp], response: BatchResponse, summary: ProcessingSummary
+    ) -> None:
+        """The cloud refused stamps from our future: restart the clock at the server's time,
+        re-stamp (keeping order) and let the next claim send them again."""
+        details = next(
+            (r.error.details for r in response.results if r.error and r.error.details), None
+        )
+        server_time = (details or {}).get("server_time") or response.server_time
+        retry_now = [
+            p for p in ahead if self._restamps.get(p.op.op_id, 0) < self.config.max_restamps
+        ]
+        give_up = [p for p in ahead if p not in retry_now]
+        with transaction(self.state.conn):
+            self.state.restamp_clock(str(server_time))
+            if retry_now:
+                ids = [p.op.op_id for p in retry_now]
+                restamped = self.outbox.restamp(ids)
+                for op_id in ids:
+                    self._restamps[op_id] = self._restamps.get(op_id, 0) + 1
+                self.outbox.release_unattempted(ids)
+                summary.restamped += len(restamped)
+            if give_up:
+                # Still "ahead" after re-stamping: do not loop; try again later.
+                self.outbox.release(
+                    [p.op.op_id for p in give_up],
+                    error="clock_ahead after re-stamping",
+                    retry_at=self._wall() + self.config.restamp_retry_s,
+                )
+        log.warning(
+            "clock ahead of the cloud restamped=%d deferred=%d server_time=%s",
+            len(retry_now),
+            len(give_up),
+            server_time,
+        )
+
+    def _quarantine(self, pending: PendingOp, code: str, message: str) -> None:
+        self.outbox.quarantine(pending.op.op_id, code, message)
+        log.warning(
+            "op quarantined op_id=%s collection=%s code=%s",
+            pending.op.op_id,
+            pending.op.collection,
+            code,
+        )
+
+    def _release(self, batch: Sequence[PendingOp], error: str, *, attempted: bool) -> None:
+        ids = [p.op.op_id for p in batch]
+        if attempted:
+            self.outbox.release(ids, error=error, retry_at=self._wall())
+        else:
+            self.outbox.release_unattempted(ids)
+
+    # -- pull --------------------------------------------------------------------------
+
+    def pull(self, summary: ProcessingSummary, *, deadline: Optional[float] = None) -> None:
+        """Page `/v1/changes` from the stored cursor until `has_more` is false."""
+        cursor = self.state.cursor()
+        resynced = False
+        while True:
+            self._check_time(deadline)
+            outcome = self.transport.pull(cursor, self.config.pull_limit)
+            self._observe(outcome, summary)
+            if isinstance(outcome, Page):
+                page = outcome.page
+                with transaction(self.state.conn):
+                    summary.pulled += self.replica.apply_many(page.changes)
+                    self.state.set_cursor(page.cursor)
+                if self.on_progress is not None:
+                    self.on_progress(summary)
+                stalled = not page.changes and page.cursor == cursor
+                cursor = page.cursor
+                if not page.has_more or stalled:
+                    return
+            elif isinstance(outcome, CursorExpired) and not resynced:
+                log.warning("pull cursor expired: full resync from the beginning")
+                with transaction(self.state.conn):
+                    self.replica.clear()
+                    self.state.set_cursor(None)
+                cursor, resynced = None, True
+                summary.resyncs += 1
+            else:
+                raise Stop(outcome)

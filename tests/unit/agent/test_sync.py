@@ -1,0 +1,323 @@
+"""The sync engine through the Agent API, against the protocol server on 127.0.0.1.
+
+Each test: a real SQLite file in tmp_path, real HTTP, the server's hooks for bad days.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from device_agent import Agent, Priority
+from device_agent.backoff import ConstantBackoff, ExponentialBackoff, Jitter, RetryPolicy
+from device_agent.sync import SyncConfig
+from device_agent.testing import FaultTransport
+from device_agent.transport import HttpTransport, Transport
+from shared.contracts import Op, OpKind, format_hlc, parse_hlc
+from tests.support.protocol_server import ProtocolServer
+
+pytestmark = pytest.mark.agent
+TOKEN = "device-token"
+
+
+@pytest.fixture
+def server() -> Iterator[ProtocolServer]:
+    with ProtocolServer(token=TOKEN) as running:
+        yield running
+
+
+class Rig:
+    """Opens agents on one database, optionally through a FaultTransport."""
+
+    def __init__(self, path: Path, server: ProtocolServer) -> None:
+        self.path, self.server = path, server
+        self.faults: Optional[FaultTransport] = None
+        self.opened: list[Agent] = []
+
+    def agent(self, *, faulty: bool = False, **options: Any) -> Agent:
+        def factory(endpoint: str, token: str) -> Transport:
+            real = HttpTransport(endpoint, token, connect_timeout=1.0, read_timeout=3.0)
+            if not faulty:
+                return real
+            self.faults = FaultTransport(real)
+            return self.faults
+
+        options.setdefault("retry_policy", RetryPolicy(ConstantBackoff(0.01)))
+        agent = Agent.init(
+            self.path,
+            endpoint=self.server.url,
+            token=TOKEN,
+            device_id="pi-7",
+            transport_factory=factory,
+            **options,
+        )
+        self.opened.append(agent)
+        return agent
+
+
+@pytest.fixture
+def rig(tmp_path: Path, server: ProtocolServer) -> Iterator[Rig]:
+    made = Rig(tmp_path / "device.db", server)
+    yield made
+    for agent in made.opened:
+        agent.close()  # closing twice is harmless
+
+
+def other_device_op(kind: OpKind, key: str, data: Optional[dict[str, Any]], *, ahead_ms: int) -> Op:
+    """An op from another device, stamped `ahead_ms` after now."""
+    hlc = format_hlc(time.time_ns() // 1_000_000 + ahead_ms, 0, "other-dev")
+    return Op(uuid.uuid4().hex, "prefs", key, kind, hlc, data)
+
+
+# -- push: statuses ---------------------------------------------------------------------
+
+
+def test_ops_are_pushed_critical_first_and_fifo_within_a_priority(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent(sync_config=SyncConfig(batch_ops=2))
+    agent.put("prefs", "bg", {"n": 1}, priority=Priority.BACKGROUND)
+    agent.put("prefs", "n1", {"n": 2})
+    agent.put("prefs", "crit", {"n": 3}, priority=Priority.CRITICAL)
+    agent.put("prefs", "n2", {"n": 4})
+    summary = agent.sync(timeout=10)
+    assert summary.synced and summary.applied == 4
+    assert [op.key for op in server.arrivals] == ["crit", "n1", "n2", "bg"]
+    assert agent.status()["pending"] == 0
+
+
+def test_an_op_whose_ack_was_lost_is_resent_and_applied_once(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given the server applies the batch but its answer never arrives
+    agent = rig.agent(faulty=True)
+    op_id = agent.put("prefs", "u1", {"currency": "BTC"})
+    agent.engine()
+    assert rig.faults is not None
+    rig.faults.drop_response_next(1)
+    # When the agent syncs (and retries)
+    summary = agent.sync(timeout=10)
+    # Then the resend is answered duplicate, acked, and the op took effect exactly once
+    assert summary.synced
+    assert summary.duplicate == 1
+    assert server.applied[op_id] == 1
+    assert [op.op_id for op in server.arrivals] == [op_id, op_id]
+    assert agent.status()["pending"] == 0
+
+
+def test_superseded_write_is_acked_and_the_replica_takes_the_servers_record(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent()
+    agent.put("prefs", "u1", {"theme": "light"})
+    # Another device wrote the same key later (a greater HLC)
+    server.write_as_other_device(
+        other_device_op(OpKind.PUT, "u1", {"theme": "dark"}, ahead_ms=5000)
+    )
+    summary = agent.sync(timeout=10)
+    assert summary.superseded == 1 and summary.synced
+    assert agent.get("prefs", "u1") == {"theme": "dark"}
+    assert agent.status()["pending"] == 0
+
+
+def test_merged_write_is_acked_and_the_replica_takes_the_merged_record(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent()
+    agent.put("prefs", "u1", {"theme": "light", "lang": "fr"})
+    # A later patch from another device holds "theme"; our older put keeps "lang"
+    server.write_as_other_device(
+        other_device_op(OpKind.PATCH, "u1", {"theme": "dark"}, ahead_ms=5000)
+    )
+    summary = agent.sync(timeout=10)
+    assert summary.merged == 1
+    assert agent.get("prefs", "u1") == {"theme": "dark", "lang": "fr"}
+    assert server.document("prefs", "u1") == {"theme": "dark", "lang": "fr"}
+
+
+def test_queued_ops_are_acked_and_counted(rig: Rig, server: ProtocolServer) -> None:
+    agent = rig.agent()
+    op_id = agent.put("prefs", "u1", {"a": 1})
+    server.force(op_id, "queued")
+    summary = agent.sync(timeout=10)
+    assert summary.queued == 1 and summary.synced
+    assert agent.status()["pending"] == 0
+
+
+def test_a_rejected_op_is_quarantined_and_does_not_hold_back_the_others(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent()
+    bad = agent.put("prefs", "bad", {"a": 1})
+    good = [agent.put("prefs", f"ok{n}", {"n": n}) for n in range(3)]
+    server.force(bad, "rejected", "forbidden")
+    summary = agent.sync(timeout=10)
+    assert summary.synced and summary.applied == 3 and summary.rejected == 1
+    assert all(server.applied[op_id] == 1 for op_id in good)
+    [held] = agent.quarantined()
+    assert held["op_id"] == bad and held["code"] == "forbidden"
+    assert agent.status()["quarantined"] == 1 and agent.status()["pending"] == 0
+
+
+def test_a_device_clock_ahead_of_the_cloud_is_corrected_and_its_ops_restamped(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given the cloud's clock is an hour behind this device's (the device is "ahead")
+    hour_ms = 3_600_000
+    server.now_ms = lambda: time.time_ns() // 1_000_000 - hour_ms
+    agent = rig.agent()
+    first = agent.put("prefs", "a", {"n": 1})
+    second = agent.put("prefs", "b", {"n": 2})
+    # When the agent syncs
+    summary = agent.sync(timeout=10)
+    # Then the ops were re-stamped from the corrected clock, in order, and applied
+    assert summary.synced and summary.restamped >= 2
+    assert server.applied[first] == 1 and server.applied[second] == 1
+    applied = [op for op in server.arrivals if server.applied[op.op_id]]
+    stamps = {op.op_id: op.hlc for op in applied}
+    assert stamps[first] < stamps[second]
+    assert abs(parse_hlc(stamps[first]).physical_ms - server.now_ms()) < 60_000
+    assert agent.status()["clock_offset_ms"] == pytest.approx(-hour_ms, abs=60_000)
+
+
+# -- push: whole-request errors ---------------------------------------------------------
+
+
+def test_413_halves_the_batch_until_the_server_takes_it(rig: Rig, server: ProtocolServer) -> None:
+    server.max_ops = 3
+    agent = rig.agent(sync_config=SyncConfig(batch_ops=10))
+    ids = [agent.put("prefs", f"k{n}", {"n": n}) for n in range(10)]
+    summary = agent.sync(timeout=10)
+    assert summary.synced and summary.applied == 10
+    assert all(server.applied[op_id] == 1 for op_id in ids)
+    statuses = [seen.status for seen in server.requests_to("/v1/batches")]
+    assert statuses[0] == 413 and statuses.count(413) <= 3
+    # The agent learnt the limit: later batches fit
+    assert max(seen.ops for seen in server.requests_to("/v1/batches")) <= 3
+
+
+def test_400_bisects_the_batch_and_quarantines_only_the_bad_op(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent(sync_config=SyncConfig(batch_ops=8))
+    ids = {agent.put("prefs", f"k{n}", {"n": n}): f"k{n}" for n in range(8)}
+    server.poison("k5")
+    summary = agent.sync(timeout=10)
+    assert summary.applied == 7 and summary.quarantined == 1 and summary.synced
+    [held] = agent.quarantined()
+    assert ids[held["op_id"]] == "k5" and held["code"] == "bad_request"
+    # Bisection, not one request per op: at most 1 + 2*log2(8) requests
+    assert len(server.requests_to("/v1/batches")) <= 7
+
+
+def test_auth_failure_stops_retrying_and_shows_in_status(rig: Rig, server: ProtocolServer) -> None:
+    agent = rig.agent()
+    agent.put("prefs", "u1", {"a": 1})
+    server.token = "rotated"
+    summary = agent.sync(timeout=10)
+    assert summary.stopped_by == "auth" and not summary.synced
+    assert len(server.requests_to("/v1/batches")) == 1  # no blind retries
+    status = agent.status()
+    assert status["connectivity"] == "auth" and status["pending"] == 1
+    assert "token" in status["last_error"]
+    # When the device gets the new token, the same op goes through
+    agent.close()
+    server.token = "fresh"
+    with Agent.init(rig.path, endpoint=server.url, token="fresh") as renewed:
+        assert renewed.sync(timeout=10).synced
+        assert renewed.status()["pending"] == 0
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_waits_at_least_retry_after_then_resends(
+    rig: Rig, server: ProtocolServer, status: int
+) -> None:
+    agent = rig.agent()
+    op_id = agent.put("prefs", "u1", {"a": 1})
+    server.fail_next(status, retry_after=0.4, path="/v1/batches")
+    summary = agent.sync(timeout=10)
+    assert summary.synced and server.applied[op_id] == 1
+    first, second = server.requests_to("/v1/batches")[:2]
+    assert first.status == status and second.status == 200
+    assert second.at - first.at >= 0.4
+
+
+def test_a_5xx_is_retried_with_backoff_and_nothing_is_lost(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent()
+    ids = [agent.put("prefs", f"k{n}", {"n": n}) for n in range(3)]
+    server.fail_next(500, times=2, path="/v1/batches")
+    summary = agent.sync(timeout=10)
+    assert summary.synced and all(server.applied[i] == 1 for i in ids)
+    assert summary.errors and "server_error" in summary.errors[0]
+
+
+def test_fault_transport_timestamps_show_the_backoff_actually_used(rig: Rig) -> None:
+    # Given exponential backoff without jitter (base 50 ms) and three failed pushes
+    policy = RetryPolicy(ExponentialBackoff(base=0.05, cap=1.0, jitter=Jitter.NONE))
+    agent = rig.agent(faulty=True, retry_policy=policy, max_attempts=5)
+    agent.put("prefs", "u1", {"a": 1})
+    agent.engine()
+    assert rig.faults is not None
+    rig.faults.fail_next(3, calls=["push"])
+    assert agent.sync(timeout=10).synced
+    # Then the gaps between push attempts follow 50, 100, 200 ms
+    gaps = rig.faults.gaps("push")
+    assert len(gaps) == 3
+    for gap, expected in zip(gaps, [0.05, 0.1, 0.2]):
+        assert expected <= gap < expected + 0.15
+
+
+def test_an_unreachable_cloud_raises_nothing_and_loses_nothing(tmp_path: Path) -> None:
+    with Agent.init(tmp_path / "d.db", endpoint="http://127.0.0.1:9", token="t") as agent:
+        agent.retry_policy = RetryPolicy(ConstantBackoff(0.01))
+        agent.put("prefs", "u1", {"a": 1})
+        summary = agent.sync(timeout=5)
+        assert not summary.synced and not summary.reached_cloud
+        assert summary.stopped_by == "unreachable"
+        assert agent.status()["pending"] == 1
+        assert agent.status()["connectivity"] == "offline"
+        assert agent.get("prefs", "u1") == {"a": 1}
+
+
+# -- pull -------------------------------------------------------------------------------
+
+
+def test_pull_brings_other_devices_changes_and_keeps_its_cursor(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent(sync_config=SyncConfig(pull_limit=2))
+    for n in range(5):
+        server.write_as_other_device(other_device_op(OpKind.PUT, f"r{n}", {"n": n}, ahead_ms=0))
+    first = agent.sync(timeout=10)
+    assert first.pulled == 5 and first.synced
+    assert agent.get("prefs", "r4") == {"n": 4}
+    assert agent.sync(timeout=10).pulled == 0  # the cursor was persisted
+
+
+def test_an_expired_cursor_triggers_a_full_resync(rig: Rig, server: ProtocolServer) -> None:
+    agent = rig.agent()
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r1", {"n": 1}, ahead_ms=0))
+    agent.sync(timeout=10)
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r2", {"n": 2}, ahead_ms=0))
+    server.expire_cursors()
+    summary = agent.sync(timeout=10)
+    assert summary.resyncs == 1 and summary.synced
+    assert agent.get("prefs", "r1") == {"n": 1} and agent.get("prefs", "r2") == {"n": 2}
+
+
+def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServer) -> None:
+    agent = rig.agent(max_attempts=1)
+    agent.put("prefs", "mine", {"a": 1})
+    server.write_as_other_device(other_device_op(OpKind.PUT, "theirs", {"b": 2}, ahead_ms=0))
+    server.fail_next(503, retry_after=30, path="/v1/batches")
+    summary = agent.sync(timeout=10)
+    assert summary.stopped_by == "throttled" and summary.pulled == 1
+    assert agent.get("prefs", "theirs") == {"b": 2}
+    assert agent.status()["pending"] == 1
