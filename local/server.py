@@ -7,6 +7,7 @@ process, so nothing leaks into a test runner or the user's shell.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -195,27 +196,24 @@ class LocalCloud:
         return 200, {"tenant": tenant, "device": device, "token": token}
 
     def resources(self) -> dict[str, Any]:
-        """What an operator tool needs to reach this stack (`sync-admin --local`)."""
-        from shared.config import ENV_DEVICES_TABLE, ENV_RECORDS_TABLE, ENV_RETRY_QUEUE_URL
+        """Where this stack lives, for operator tools (`sync-admin --local URL`).
 
-        assert self.stack is not None
-        env: dict[str, str] = {}
-        for function in self.functions.values():
-            env.update(function.environment)
-        queue_url = env.get(ENV_RETRY_QUEUE_URL, "")
-        retry = next((q for q in self.stack.queues.values() if q.url == queue_url), None)
-        dlq = next(
-            (q for q in self.stack.queues.values() if retry and q.arn == retry.dead_letter_arn),
-            None,
-        )
+        `outputs` are the template's Outputs resolved against the local stack - the same
+        values `sync-admin --stack-name` reads from CloudFormation - with ApiUrl pointing at
+        this gateway.
+        """
+        assert self.stack is not None and self.template is not None
+        outputs: dict[str, Any] = {}
+        for name, value in self.template.outputs.items():
+            with contextlib.suppress(TemplateError):
+                outputs[name] = self.stack.resolve(value, f"output {name}")
+        if "ApiUrl" in outputs:
+            outputs["ApiUrl"] = self.endpoint
         return {
             "endpoint_url": self.moto_endpoint,
             "region": self.stack.region,
             "stack_name": self.stack.name,
-            "table": env.get(ENV_RECORDS_TABLE, ""),
-            "devices_table": env.get(ENV_DEVICES_TABLE, ""),
-            "queue_url": queue_url,
-            "dlq_url": dlq.url if dlq else "",
+            "outputs": outputs,
         }
 
     def stop(self) -> None:

@@ -91,6 +91,7 @@ class StackTemplate:
     functions: dict[str, FunctionSpec]
     apis: tuple[ApiSpec, ...]
     event_sources: tuple[EventSourceSpec, ...]
+    outputs: dict[str, Any] = field(default_factory=dict)  # name -> Value (intrinsics kept)
     layer_dirs: tuple[Path, ...] = field(default=())
 
     def of_type(self, cfn_type: str) -> dict[str, dict[str, Any]]:
@@ -123,6 +124,11 @@ def load_template(
         functions=functions,
         apis=tuple(_apis(resources, functions)),
         event_sources=tuple(_event_sources(resources)),
+        outputs={
+            name: output.get("Value")
+            for name, output in (translated.get("Outputs") or {}).items()
+            if isinstance(output, dict)
+        },
         layer_dirs=tuple(code_paths[name] for name in code_paths if name.startswith("layer:")),
     )
 

@@ -44,6 +44,18 @@ def test_serve_prints_the_endpoint_and_a_dev_token(stack: LocalStack) -> None:
     assert stack.token.startswith("fs1.")
 
 
+def test_the_local_resources_route_gives_the_template_outputs_resolved(stack: LocalStack) -> None:
+    resources = stack.resources()
+
+    assert resources["outputs"] == {
+        "ApiUrl": stack.endpoint,
+        "RecordsTableName": "fieldsync-local-RecordsTable",
+        "DevicesTableName": "fieldsync-local-devices",
+        "RetryQueueUrl": f"{resources['endpoint_url']}/123456789012/fieldsync-local-RetryQueue",
+        "DeadLetterQueueUrl": f"{resources['endpoint_url']}/123456789012/fieldsync-local-dlq",
+    }
+
+
 def test_an_open_route_is_served_by_its_handler(stack: LocalStack) -> None:
     answer = requests.get(f"{stack.endpoint}/v1/health", timeout=5)
 
@@ -105,7 +117,8 @@ def test_the_handler_environment_is_resolved_from_the_template(stack: LocalStack
 def test_the_handler_writes_to_the_moto_table_the_template_declares(stack: LocalStack) -> None:
     requests.post(f"{stack.endpoint}/v1/echo", json={}, headers=GOOD, timeout=5)
 
-    items = _aws(stack, "dynamodb").scan(TableName=stack.resources()["table"])["Items"]
+    table = stack.resources()["outputs"]["RecordsTableName"]
+    items = _aws(stack, "dynamodb").scan(TableName=table)["Items"]
     assert any(item["pk"]["S"] == "echo" for item in items)
 
 
@@ -156,19 +169,19 @@ def test_the_retry_worker_settles_good_messages_and_poison_reaches_the_dlq(
     stack: LocalStack,
 ) -> None:
     sqs = _aws(stack, "sqs")
-    resources = stack.resources()
-    sqs.send_message(QueueUrl=resources["queue_url"], MessageBody="fine")
-    sqs.send_message(QueueUrl=resources["queue_url"], MessageBody="poison")
+    outputs = stack.resources()["outputs"]
+    sqs.send_message(QueueUrl=outputs["RetryQueueUrl"], MessageBody="fine")
+    sqs.send_message(QueueUrl=outputs["RetryQueueUrl"], MessageBody="poison")
 
     deadline = time.monotonic() + 30
     dead: list[dict[str, Any]] = []
     while time.monotonic() < deadline and not dead:
-        dead = sqs.receive_message(QueueUrl=resources["dlq_url"], WaitTimeSeconds=1).get(
+        dead = sqs.receive_message(QueueUrl=outputs["DeadLetterQueueUrl"], WaitTimeSeconds=1).get(
             "Messages", []
         )
 
     assert [message["Body"] for message in dead] == ["poison"]
-    items = _aws(stack, "dynamodb").scan(TableName=resources["table"])["Items"]
+    items = _aws(stack, "dynamodb").scan(TableName=outputs["RecordsTableName"])["Items"]
     assert [item["sk"]["S"] for item in items if item["pk"]["S"] == "retried"] == ["fine"]
 
 
