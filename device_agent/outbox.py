@@ -13,31 +13,51 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 from device_agent.db import transaction
 from device_agent.errors import NotFound, OutboxFull
+from device_agent.outbox_write import new_op_ids, store_ops
 from device_agent.state import AgentState
-from shared.contracts import ContractError, ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
+from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
 
 DEFAULT_MAX_OPS = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # SQLite builds before 3.32 allow at most 999 parameters in one statement.
 _CHUNK = 500
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+# Statements are constants: values only ever travel as named parameters, and lists of values
+# as one JSON array parameter read with json_each.
+_ROW = "seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, last_error"
+_BY_SEQS = (
+    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
+    "last_error FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
+)
+_BY_KEY = (
+    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
+    "last_error FROM outbox WHERE collection = :collection AND key = :key ORDER BY hlc"
+)
+_BY_ID = (
+    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
+    "last_error FROM outbox WHERE op_id = :op_id"
+)
+_TO_RESTAMP = (
+    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
+    "last_error FROM outbox WHERE hlc > :clock OR hlc >= :earliest ORDER BY hlc"
+)
+_CLAIM = (
+    "UPDATE outbox SET leased_at = :now, lease_until = :until, lease_owner = :owner, "
+    "claims = claims + 1 WHERE seq IN (SELECT value FROM json_each(:seqs))"
+)
+_CLAIM_RETURNING = _CLAIM + " RETURNING " + _ROW
 
 WriteItem = Union[
     tuple[str, str, Union[OpKind, str], Optional[JsonObject]],
     tuple[str, str, Union[OpKind, str], Optional[JsonObject], Union[Priority, int, str]],
 ]
 """(collection, key, kind, data[, priority]) as taken by `Outbox.record_many`."""
-
-_COLUMNS = (
-    "seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, last_error"
-)
 
 
 @dataclass(frozen=True)
@@ -132,15 +152,54 @@ class Outbox:
         """Durably record one write and return the op as it now stands in the outbox.
 
         Validated first (ContractError, nothing stored), then stamped and stored in one
-        transaction. A write may be coalesced into a pending op on the same key that was never
-        handed out (see `_coalesce`): the returned op then carries the merged data, the new
-        op id and the new HLC. Raises OutboxFull when a bound would be passed.
+        transaction. A write may be coalesced into the newest op on its key if that one was
+        never handed out (`outbox_write.coalesce`): the returned op then carries the merged
+        data, the new op id and the new HLC. Raises OutboxFull when a bound would be passed.
         """
         return self.record_many([(collection, key, kind, data, priority)])[0]
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
-        """Record several writes in one transaction: all of them are stored, or none."""
-        raise NotImplementedError
+        """Record several writes in one transaction: all of them are stored, or none.
+
+        Equivalent to calling `record` for each in order (coalescing included), but durable
+        with one commit.
+        """
+        writes = list(items)
+        if not writes:
+            return []
+        # Validate before taking the write lock, with a placeholder HLC of the real length.
+        placeholder = f"{0:013d}-00000-{self._state.device_id}"
+        drafts = [
+            _validate(item, op_id, placeholder)
+            for item, op_id in zip(writes, new_op_ids(len(writes)))
+        ]
+        now = self._now()
+        with transaction(self._conn):
+            before = self._totals()
+            stamps = self._state.stamp_many(len(drafts))
+            ops = [
+                Op(d.op_id, d.collection, d.key, d.kind, hlc, d.data, d.priority)
+                for d, hlc in zip(drafts, stamps)
+            ]
+            stored = store_ops(self._conn, ops, now)
+            self._check_bounds(before, self._totals())
+        return stored
+
+    def _totals(self) -> tuple[int, int]:
+        row = self._conn.execute("SELECT SUM(ops), SUM(bytes) FROM outbox_totals").fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def _check_bounds(self, before: tuple[int, int], after: tuple[int, int]) -> None:
+        """Refuse growth past a bound (shrinking or same-size coalescing is always allowed)."""
+        ops, size = after
+        if (ops > self.max_ops and ops > before[0]) or (size > self.max_bytes and size > before[1]):
+            raise OutboxFull(
+                f"outbox full: {before[0]} ops / {before[1]} bytes stored, limits are "
+                f"{self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
+                "sync to drain the outbox (sync-agent sync), or raise the limits",
+                max_ops=self.max_ops,
+                max_bytes=self.max_bytes,
+            )
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -158,23 +217,100 @@ class Outbox:
         expired). At most `limit` ops and `max_bytes` (at least one op); the lease lasts
         `lease_s`. Every claimed op must later be acked, released or quarantined.
         """
-        raise NotImplementedError
+        if limit < 1:
+            return []
+        at = self._now() if now is None else now
+        with transaction(self._conn):
+            # Walks outbox_claim in (priority, seq) order and stops after `limit` matches.
+            candidates = self._conn.execute(
+                "SELECT seq, size FROM outbox INDEXED BY outbox_claim "
+                "WHERE next_attempt_at <= :now AND (lease_until IS NULL OR lease_until <= :now) "
+                "ORDER BY priority, seq LIMIT :limit",
+                {"now": at, "limit": limit},
+            ).fetchall()
+            chosen: list[int] = []
+            total = 0
+            for seq, size in candidates:
+                if chosen and total + size > max_bytes:
+                    break
+                chosen.append(seq)
+                total += size
+            if not chosen:
+                return []
+            params = {
+                "seqs": json.dumps(chosen),
+                "now": at,
+                "until": at + lease_s,
+                "owner": self._owner,
+            }
+            if self._use_returning:
+                rows = self._conn.execute(_CLAIM_RETURNING, params).fetchall()
+            else:
+                self._conn.execute(_CLAIM, params)
+                rows = self._conn.execute(_BY_SEQS, params).fetchall()
+        claimed = [_pending(row) for row in rows]
+        claimed.sort(key=lambda p: (p.op.priority, p.seq))
+        return claimed
 
     def ack(self, op_ids: Iterable[str]) -> int:
         """Remove ops the cloud has taken responsibility for; returns how many were removed."""
-        raise NotImplementedError
+        return self._each_chunk(
+            op_ids, "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))", {}
+        )
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:
         """Return leased ops after a failed attempt: counted, with the error and retry time."""
-        raise NotImplementedError
+        return self._each_chunk(
+            op_ids,
+            "UPDATE outbox SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
+            "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "
+            "WHERE op_id IN (SELECT value FROM json_each(:ids))",
+            {"error": error, "retry_at": retry_at},
+        )
 
     def release_unattempted(self, op_ids: Iterable[str]) -> int:
         """Return leased ops that were not sent (e.g. shutdown); no attempt is counted."""
-        raise NotImplementedError
+        return self._each_chunk(
+            op_ids,
+            "UPDATE outbox SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
+            "WHERE op_id IN (SELECT value FROM json_each(:ids))",
+            {},
+        )
+
+    def _each_chunk(self, op_ids: Iterable[str], sql: str, extra: dict[str, Any]) -> int:
+        ids = list(dict.fromkeys(op_ids))
+        changed = 0
+        with transaction(self._conn):
+            for start in range(0, len(ids), _CHUNK):
+                params = {"ids": json.dumps(ids[start : start + _CHUNK]), **extra}
+                changed += max(self._conn.execute(sql, params).rowcount, 0)
+        return changed
 
     def recover_leases(self) -> int:
-        """Make ops leased by a dead process (or with an expired lease) pending again."""
-        raise NotImplementedError
+        """Make ops leased by a dead process (or with an expired lease) pending again.
+
+        A lease is also void when it was taken "in the future" (the wall clock went back since),
+        so a clock jump cannot pin an op for the lease length plus the jump.
+        """
+        now = self._now()
+        recovered = 0
+        with transaction(self._conn):
+            owners = [
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT DISTINCT lease_owner FROM outbox WHERE lease_until IS NOT NULL"
+                )
+            ]
+            for owner in owners:
+                dead = not _owner_alive(owner)
+                cursor = self._conn.execute(
+                    "UPDATE outbox SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
+                    "WHERE lease_until IS NOT NULL AND lease_owner IS :owner AND "
+                    "(:dead OR lease_until <= :now OR leased_at > :now)",
+                    {"owner": owner, "dead": dead, "now": now},
+                )
+                recovered += max(cursor.rowcount, 0)
+        return recovered
 
     def restamp(self, op_ids: Iterable[str]) -> list[Op]:
         """Give the named ops fresh HLCs from the (corrected) clock, keeping the order of all.
@@ -184,40 +320,190 @@ class Outbox:
         in HLC order, so no op overtakes an older one. Returns the re-stamped ops in HLC order;
         unknown ids are ignored (they may have been acked meanwhile).
         """
-        raise NotImplementedError
+        ids = list(dict.fromkeys(op_ids))
+        with transaction(self._conn):
+            earliest = self._conn.execute(
+                "SELECT MIN(hlc) FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))",
+                {"ids": json.dumps(ids)},
+            ).fetchone()[0]
+            rows = self._conn.execute(
+                _TO_RESTAMP,
+                {"clock": self._state.last_hlc(), "earliest": earliest},
+            ).fetchall()
+            ops = [_pending(row).op for row in rows]
+            if not ops:
+                return []
+            stamps = self._state.stamp_many(len(ops))
+            renewed = [replace(op, hlc=hlc) for op, hlc in zip(ops, stamps)]
+            self._conn.executemany(
+                "UPDATE outbox SET hlc = :hlc WHERE op_id = :op_id",
+                [{"hlc": op.hlc, "op_id": op.op_id} for op in renewed],
+            )
+        return renewed
 
     # --- quarantine ------------------------------------------------------------------------
 
     def quarantine(self, op_id: str, code: Union[ErrorCode, str], message: str) -> None:
         """Move an op the cloud rejected permanently out of the queue, keeping the reason."""
-        raise NotImplementedError
+        reason = code.value if isinstance(code, ErrorCode) else str(code)
+        with transaction(self._conn):
+            cursor = self._conn.execute(
+                "INSERT INTO quarantine (op_id, collection, key, kind, hlc, data, priority, size, "
+                "enqueued_at, attempts, code, message, quarantined_at) "
+                "SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at, "
+                "attempts, :code, :message, :now FROM outbox WHERE op_id = :op_id",
+                {"op_id": op_id, "code": reason, "message": message, "now": self._now()},
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"op {op_id} is not in the outbox (already acked or quarantined?)")
+            self._conn.execute("DELETE FROM outbox WHERE op_id = :op_id", {"op_id": op_id})
 
     def quarantined(self) -> list[QuarantinedOp]:
-        raise NotImplementedError
+        """Every quarantined op, oldest quarantine first."""
+        rows = self._conn.execute(
+            "SELECT op_id, collection, key, kind, hlc, data, priority, code, message, attempts, "
+            "enqueued_at, quarantined_at FROM quarantine ORDER BY quarantined_at, hlc"
+        ).fetchall()
+        return [
+            QuarantinedOp(
+                op=_op(row[:7]),
+                code=row[7],
+                message=row[8],
+                attempts=row[9],
+                enqueued_at=row[10],
+                quarantined_at=row[11],
+            )
+            for row in rows
+        ]
 
     def retry_quarantined(self, op_id: str) -> Op:
-        """Put a quarantined op back in the queue (as the newest op of its priority)."""
-        raise NotImplementedError
+        """Put a quarantined op back in the queue (as the newest op of its priority).
+
+        It keeps its op id and HLC (a retry must stay idempotent) and is never a target for
+        coalescing, since newer writes on its key may already have been sent.
+        """
+        with transaction(self._conn):
+            before = self._totals()
+            cursor = self._conn.execute(
+                "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, "
+                "enqueued_at, claims) SELECT op_id, collection, key, kind, hlc, data, priority, "
+                "size, :now, 1 FROM quarantine WHERE op_id = :op_id",
+                {"op_id": op_id, "now": self._now()},
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"op {op_id} is not quarantined; see `sync-agent quarantine list`")
+            self._conn.execute("DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id})
+            self._check_bounds(before, self._totals())
+        return self.get(op_id).op
 
     def drop_quarantined(self, op_id: str) -> None:
-        raise NotImplementedError
+        """Delete a quarantined op for good (an operator's decision)."""
+        with transaction(self._conn):
+            cursor = self._conn.execute(
+                "DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id}
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"op {op_id} is not quarantined; see `sync-agent quarantine list`")
 
     # --- reading ---------------------------------------------------------------------------
 
     def pending_for(self, collection: str, key: str) -> list[Op]:
         """Every op on the key still in the outbox (pending or in flight), in HLC order."""
-        raise NotImplementedError
+        rows = self._conn.execute(
+            _BY_KEY,
+            {"collection": collection, "key": key},
+        ).fetchall()
+        return [_pending(row).op for row in rows]
 
     def get(self, op_id: str) -> PendingOp:
         """The op with this id; NotFound if it is not in the outbox."""
-        raise NotImplementedError
+        row = self._conn.execute(_BY_ID, {"op_id": op_id}).fetchone()
+        if row is None:
+            raise NotFound(f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
+        return _pending(row)
 
     def depth(self) -> int:
         """How many ops are in the outbox (pending and in flight)."""
-        raise NotImplementedError
+        return self._totals()[0]
 
     def stats(self) -> OutboxStats:
-        raise NotImplementedError
+        """Depth per priority name, bytes, oldest pending age, in flight and quarantined."""
+        now = self._now()
+        depth = {priority.name.lower(): 0 for priority in Priority}
+        total_bytes = 0
+        for priority, ops, size in self._conn.execute(
+            "SELECT priority, ops, bytes FROM outbox_totals"
+        ):
+            depth[Priority(priority).name.lower()] = ops
+            total_bytes += size
+        oldest = self._conn.execute(
+            "SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1"
+        ).fetchone()
+        in_flight = self._conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE lease_until IS NOT NULL"
+        ).fetchone()[0]
+        quarantined = self._conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        return OutboxStats(
+            depth=depth,
+            total_ops=sum(depth.values()),
+            total_bytes=total_bytes,
+            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest[0]),
+            in_flight=in_flight,
+            quarantined=quarantined,
+            max_ops=self.max_ops,
+            max_bytes=self.max_bytes,
+        )
 
 
-_ = (ContractError, NotFound, OutboxFull, json, uuid, Sequence, replace, parse_op, transaction)
+def _validate(item: WriteItem, op_id: str, hlc: str) -> Op:
+    if len(item) not in (4, 5):
+        raise ValueError(f"a write is (collection, key, kind, data[, priority]), got {item!r}")
+    kind = item[2]
+    priority = Priority.parse(item[4]) if len(item) == 5 else Priority.NORMAL  # type: ignore[misc]
+    raw: JsonObject = {
+        "op_id": op_id,
+        "collection": item[0],
+        "key": item[1],
+        "kind": kind.value if isinstance(kind, OpKind) else kind,
+        "hlc": hlc,
+        "priority": int(priority),
+    }
+    if item[3] is not None or raw["kind"] != OpKind.DELETE.value:
+        raw["data"] = item[3]
+    return parse_op(raw)
+
+
+def _load(data: Optional[str]) -> Optional[JsonObject]:
+    return None if data is None else json.loads(data)  # type: ignore[no-any-return]
+
+
+def _op(row: Sequence[Any]) -> Op:
+    """An Op from (op_id, collection, key, kind, hlc, data, priority)."""
+    op_id, collection, key, kind, hlc, data, priority = row
+    return Op(op_id, collection, key, OpKind(kind), hlc, _load(data), Priority(priority))
+
+
+def _pending(row: Sequence[Any]) -> PendingOp:
+    return PendingOp(
+        op=_op(row[1:8]), seq=row[0], attempts=row[8], enqueued_at=row[9], last_error=row[10]
+    )
+
+
+def _owner_alive(owner: Optional[str]) -> bool:
+    """Whether the process that took a lease still runs (unknown counts as alive)."""
+    if owner is None or not owner.startswith("pid:") or os.name != "posix":
+        # Elsewhere signal 0 is not a probe (on Windows it would interrupt the process).
+        return True
+    try:
+        pid = int(owner[4:])
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -1,0 +1,184 @@
+"""Storing newly recorded ops: coalescing into the newest op of a key, then batch writes.
+
+Coalescing keeps the outbox small when a key is written repeatedly offline (a form saved
+field by field, a counter updated every second) without changing what the server ends up
+with. A new op only ever merges into the newest op on its key, and only while that op has
+never been handed to a sender (`claims = 0`): then no op of this device stamped between the
+two can exist anywhere, in the outbox or on the server, which is what makes the merge safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Optional
+
+from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
+
+# The keys, quotes and punctuation of an op's wire form, plus its HLC: sizes are approximate.
+WIRE_OVERHEAD = 160
+
+_NEWEST_PER_KEY = """
+    SELECT o.collection, o.key, o.seq, o.op_id, o.kind, o.hlc, o.data, o.priority, o.claims
+      FROM json_each(:keys) AS k
+      JOIN outbox AS o ON o.seq = (
+           SELECT i.seq FROM outbox AS i
+            WHERE i.collection = json_extract(k.value, '$[0]')
+              AND i.key = json_extract(k.value, '$[1]')
+            ORDER BY i.hlc DESC LIMIT 1)
+"""
+_INSERT = (
+    "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, enqueued_at) "
+    "VALUES (:op_id, :collection, :key, :kind, :hlc, :data, :priority, :size, :now)"
+)
+_UPDATE = (
+    "UPDATE outbox SET op_id = :op_id, kind = :kind, hlc = :hlc, data = :data, "
+    "priority = :priority, size = :size WHERE seq = :seq"
+)
+
+
+def coalesce(older: Op, newer: Op) -> Optional[Op]:
+    """One op with the effect of `older` followed by `newer` on the same key, or None.
+
+    - a put or delete replaces whatever came before: its reset erases the older op entirely,
+      so this case is exact, clocks included;
+    - a patch over a patch: the union of fields, newer values winning;
+    - a patch over a put (or a delete, the put of the empty document): a put of the updated
+      document (null fields dropped).
+    The result carries `newer`'s op id and HLC and the more urgent priority. Only the newer HLC
+    is above every field the pair wrote: the older one would let the server keep a stale field
+    that the newer op overwrote. The visible document then equals the one sending both leaves;
+    the per-field clocks differ (fields of the older op carry the newer HLC). None when the
+    merged op would be too large to send.
+    """
+    priority = min(older.priority, newer.priority)
+    if newer.kind is not OpKind.PATCH:
+        return _with(newer, newer.kind, newer.data, priority)
+    patch = newer.data or {}
+    if older.kind is OpKind.PATCH:
+        return _checked(_with(newer, OpKind.PATCH, {**(older.data or {}), **patch}, priority))
+    base = older.data or {} if older.kind is OpKind.PUT else {}
+    document = {name: value for name, value in {**base, **patch}.items() if value is not None}
+    return _checked(_with(newer, OpKind.PUT, document, priority))
+
+
+def _with(op: Op, kind: OpKind, data: Optional[dict[str, object]], priority: Priority) -> Op:
+    return Op(op.op_id, op.collection, op.key, kind, op.hlc, data, priority)
+
+
+def _checked(op: Op) -> Optional[Op]:
+    try:
+        parse_op(op.to_wire())
+    except ContractError:
+        return None
+    return op
+
+
+def encode(op: Op) -> tuple[Optional[str], int]:
+    """The stored data JSON and the op's approximate wire size in bytes."""
+    size = WIRE_OVERHEAD + len(op.op_id) + len(op.collection) + 2 * len(op.key)
+    if op.data is None:
+        return None, size
+    text = json.dumps(op.data, separators=(",", ":"), ensure_ascii=False)
+    return text, size + len(text.encode("utf-8"))
+
+
+def new_op_ids(count: int) -> list[str]:
+    """`count` random UUID4 strings (one read of the OS random source for all of them)."""
+    raw = bytearray(os.urandom(16 * count))
+    for base in range(0, 16 * count, 16):
+        raw[base + 6] = (raw[base + 6] & 0x0F) | 0x40  # version 4
+        raw[base + 8] = (raw[base + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return [
+        f"{text[i : i + 8]}-{text[i + 8 : i + 12]}-{text[i + 12 : i + 16]}-"
+        f"{text[i + 16 : i + 20]}-{text[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
+
+
+class _Slot:
+    """The newest op on one key while a batch is being stored."""
+
+    __slots__ = ("coalescable", "index", "op", "seq")
+
+    def __init__(self, op: Op, *, seq: Optional[int], index: Optional[int], coalescable: bool):
+        self.op = op
+        self.seq = seq
+        self.index = index
+        self.coalescable = coalescable
+
+
+def store_ops(conn: sqlite3.Connection, ops: Sequence[Op], now: float) -> list[Op]:
+    """Store stamped ops in the open transaction; returns each as it stands afterwards.
+
+    Ops are taken in order, each coalesced into the newest op on its key when allowed, so a
+    batch gives exactly what recording its ops one by one would.
+    """
+    slots = _newest_ops(conn, {(op.collection, op.key) for op in ops})
+    inserts: list[Op] = []
+    updates: dict[int, Op] = {}
+    stored: list[Op] = []
+    for op in ops:
+        slot = slots.get((op.collection, op.key))
+        merged = None
+        if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
+            merged = coalesce(slot.op, op)
+        if slot is not None and merged is not None:
+            slot.op = merged
+            if slot.index is not None:
+                inserts[slot.index] = merged
+            elif slot.seq is not None:
+                updates[slot.seq] = merged
+            stored.append(merged)
+            continue
+        inserts.append(op)
+        slots[(op.collection, op.key)] = _Slot(
+            op, seq=None, index=len(inserts) - 1, coalescable=True
+        )
+        stored.append(op)
+    if updates:
+        conn.executemany(_UPDATE, [_params(op, seq=seq) for seq, op in updates.items()])
+    if inserts:
+        conn.executemany(_INSERT, [_params(op, now=now) for op in inserts])
+    return stored
+
+
+def _newest_ops(
+    conn: sqlite3.Connection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], _Slot]:
+    rows = conn.execute(_NEWEST_PER_KEY, {"keys": json.dumps(sorted(keys))}).fetchall()
+    slots = {}
+    for collection, key, seq, op_id, kind, hlc, data, priority, claims in rows:
+        op = Op(
+            op_id,
+            collection,
+            key,
+            OpKind(kind),
+            hlc,
+            None if data is None else json.loads(data),
+            Priority(priority),
+        )
+        slots[(collection, key)] = _Slot(op, seq=seq, index=None, coalescable=claims == 0)
+    return slots
+
+
+def _params(op: Op, *, seq: Optional[int] = None, now: Optional[float] = None) -> dict[str, object]:
+    data, size = encode(op)
+    params: dict[str, object] = {
+        "op_id": op.op_id,
+        "collection": op.collection,
+        "key": op.key,
+        "kind": op.kind.value,
+        "hlc": op.hlc,
+        "data": data,
+        "priority": int(op.priority),
+        "size": size,
+    }
+    if seq is not None:
+        params["seq"] = seq
+    if now is not None:
+        params["now"] = now
+    return params
