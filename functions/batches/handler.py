@@ -24,7 +24,7 @@ def post_batch() -> Response[str]:
     response = handle_batch_request(
         event.body,
         is_base64=event.is_base64_encoded,
-        content_encoding=event.get_header_value("Content-Encoding", case_sensitive=False),
+        content_encoding=event.headers.get("Content-Encoding"),
         principal=principal,
         settings=load_settings(),
     )

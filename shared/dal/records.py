@@ -7,9 +7,9 @@ Every SDK error is translated here: a lost race becomes `WriteConflict`, an over
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
@@ -84,9 +84,6 @@ def save(
     Returns the new version. Raises WriteConflict when another writer got there first.
     """
     model = records_model()
-    expires_at: Optional[int] = None
-    if record.deleted:
-        expires_at = int(time.time()) + tombstone_ttl_s
     item = model(
         record_pk(tenant_id, record.collection, record.key),
         tenant_id=tenant_id,
@@ -98,10 +95,12 @@ def save(
         device_id=record.device_id,
         deleted=1 if record.deleted else 0,
         changed_at=changed_at,
-        version=expected_version or None,
     )
-    if expires_at is not None:
-        item.expires_at = expires_at  # type: ignore[assignment]
+    if expected_version:
+        item.version = expected_version
+    if record.deleted:
+        # Tombstones expire after the retention window (DynamoDB TTL deletes them).
+        item.expires_at = timedelta(seconds=tombstone_ttl_s)  # type: ignore[assignment]
     try:
         # VersionAttribute adds the condition: version = expected (or attribute_not_exists),
         # so two Lambdas resolving from the same read can never both win.

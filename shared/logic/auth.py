@@ -30,7 +30,7 @@ class NotAuthenticated(Exception):
 
 
 def bearer_token(event: APIGatewayAuthorizerRequestEvent) -> str:
-    header = event.get_header_value("Authorization", default_value="", case_sensitive=False) or ""
+    header = event.headers.get("Authorization") or ""
     if not header.lower().startswith(BEARER) or not header[len(BEARER) :].strip():
         raise NotAuthenticated()
     return header[len(BEARER) :].strip()

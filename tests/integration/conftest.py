@@ -1,0 +1,241 @@
+"""Integration fixtures: moto started before any client, resources built from template.yaml.
+
+`cloud` calls the real handlers with events shaped like API Gateway's and SQS's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from shared.contracts import HybridLogicalClock
+from shared.dal import register_device
+from shared.dal.aws import reset_clients
+from shared.dal.models import reset_models
+from tests.support.aws import (
+    REGION,
+    LambdaContext,
+    Stack,
+    build_stack,
+    load_event,
+    load_handler,
+    load_template,
+)
+
+TEMPLATE = load_template()
+SETTLE_MS = 100
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region; no endpoint override (moto runs in-process)."""
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_ENDPOINT_URL_SQS",
+        "DYNAMODB_ENDPOINT_URL",
+        "AWS_PROFILE",
+        "CONFLICT_STRATEGIES",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "FieldSyncTest")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "fieldsync")
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+class Cloud:
+    """The deployed functions, called in-process against moto."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        self.context = LambdaContext()
+
+    @property
+    def queue_url(self) -> str:
+        return self.stack.queues["RetryQueue"]
+
+    @property
+    def dlq_url(self) -> str:
+        return self.stack.queues["RetryDeadLetterQueue"]
+
+    def invoke(self, function: str, event: dict[str, Any]) -> Any:
+        return load_handler(TEMPLATE, function)(event, self.context)
+
+    def http(self, function: str, event: dict[str, Any]) -> Response:
+        raw = self.invoke(function, event)
+        body = json.loads(raw["body"]) if raw.get("body") else None
+        headers = {k: v for k, v in (raw.get("headers") or {}).items()}
+        for key, values in (raw.get("multiValueHeaders") or {}).items():
+            headers.setdefault(key, values[0])
+        return Response(raw["statusCode"], body, headers)
+
+    def post_batch(
+        self,
+        ops: list[dict[str, Any]],
+        *,
+        tenant: str = "acme",
+        device: str = "pi-7",
+        batch_id: str = "b-test",
+    ) -> Response:
+        event = batch_event(json.dumps({"batch_id": batch_id, "ops": ops}), tenant, device)
+        return self.http("BatchesFunction", event)
+
+    def changes(
+        self,
+        *,
+        tenant: str = "acme",
+        device: str = "pi-7",
+        after: Optional[str] = None,
+        limit: Optional[int] = None,
+        collection: Optional[str] = None,
+    ) -> Response:
+        event = load_event("changes_page.json")
+        query: dict[str, str] = {}
+        if after is not None:
+            query["after"] = after
+        if limit is not None:
+            query["limit"] = str(limit)
+        if collection is not None:
+            query["collection"] = collection
+        event["queryStringParameters"] = query or None
+        event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} or None
+        event["requestContext"]["authorizer"].update(tenant_id=tenant, device_id=device)
+        return self.http("ChangesFunction", event)
+
+    def authorize(self, authorization: Optional[str]) -> Any:
+        event = load_event("authorizer_allow.json")
+        event["headers"].pop("Authorization", None)
+        event["multiValueHeaders"].pop("Authorization", None)
+        if authorization is not None:
+            event["headers"]["Authorization"] = authorization
+            event["multiValueHeaders"]["Authorization"] = [authorization]
+        return self.invoke("AuthorizerFunction", event)
+
+    def register(self, tenant: str = "acme", device: str = "pi-7") -> str:
+        return register_device(tenant, device)
+
+    def queue_depth(self, url: str) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+    def run_worker_once(self) -> dict[str, Any]:
+        """One poll of the event source mapping: receive, invoke, delete the successes.
+
+        Failed records are made visible again at once (what the visibility timeout does).
+        """
+        received = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]
+        ).get("Messages", [])
+        if not received:
+            return {"received": 0, "failed": 0}
+        event = {"Records": [sqs_record(message) for message in received]}
+        result = self.invoke("RetryWorkerFunction", event)
+        failed = {item["itemIdentifier"] for item in result["batchItemFailures"]}
+        for message in received:
+            if message["MessageId"] in failed:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=0,
+                )
+            else:
+                self.sqs.delete_message(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+        return {"received": len(received), "failed": len(failed)}
+
+
+def sqs_record(message: dict[str, Any]) -> dict[str, Any]:
+    record = copy.deepcopy(load_event("sqs_retry_with_poison.json")["Records"][0])
+    record.update(
+        messageId=message["MessageId"],
+        receiptHandle=message["ReceiptHandle"],
+        body=message["Body"],
+        attributes=message.get("Attributes", {}),
+    )
+    return record
+
+
+def batch_event(body: str, tenant: str, device: str) -> dict[str, Any]:
+    event = load_event("batch_valid.json")
+    event["body"] = body
+    event["requestContext"]["authorizer"].update(
+        principalId=device, tenant_id=tenant, device_id=device
+    )
+    return event
+
+
+@pytest.fixture
+def cloud(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    reset_models()
+    reset_clients()
+    with mock_aws():
+        stack = build_stack(TEMPLATE)
+        for name, value in stack.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("CHANGES_SETTLE_MS", str(SETTLE_MS))
+        monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+        yield Cloud(stack)
+    reset_models()
+    reset_clients()
+
+
+def settle() -> None:
+    """Wait past the changes feed's settle horizon."""
+    time.sleep(SETTLE_MS / 1000 + 0.05)
+
+
+class Device:
+    """Stamps ops the way a device does (HLC with its id as node)."""
+
+    def __init__(self, device_id: str = "pi-7") -> None:
+        self.clock = HybridLogicalClock(device_id)
+        self.count = 0
+
+    def op(
+        self,
+        kind: str,
+        key: str,
+        data: Optional[dict[str, Any]] = None,
+        *,
+        collection: str = "preferences",
+        hlc: Optional[str] = None,
+    ) -> dict[str, Any]:
+        self.count += 1
+        op: dict[str, Any] = {
+            "op_id": f"{self.clock.node}-op-{self.count}".replace(".", "-").replace(":", "-"),
+            "collection": collection,
+            "key": key,
+            "kind": kind,
+            "hlc": hlc or self.clock.send(),
+            "priority": 2,
+        }
+        if kind != "delete":
+            op["data"] = data if data is not None else {}
+        return op

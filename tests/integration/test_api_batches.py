@@ -1,0 +1,143 @@
+"""POST /v1/batches through the real handler: every per-op status from a real scenario."""
+
+from __future__ import annotations
+
+import json
+
+from shared.contracts import is_hlc
+from shared.contracts.hlc import wall_clock_ms
+from tests.integration.conftest import Cloud, Device, batch_event, settle
+from tests.support.aws import load_event
+
+
+def statuses(response_body: dict) -> list[str]:
+    return [result["status"] for result in response_body["results"]]
+
+
+def test_valid_batch_event_applies_every_op_in_order(cloud: Cloud) -> None:
+    # Given the sample batch (put, newer patch of the same record, delete of another)
+    event = load_event("batch_valid.json")
+    # When it is posted
+    response = cloud.http("BatchesFunction", event)
+    # Then each op is applied and answered in request order with the server's time
+    assert response.status == 200
+    assert statuses(response.body) == ["applied", "applied", "applied"]
+    assert [r["op_id"] for r in response.body["results"]] == ["op-0001", "op-0002", "op-0003"]
+    assert response.body["batch_id"] == "b-0001"
+    assert is_hlc(response.body["server_time"])
+
+
+def test_resending_a_batch_answers_duplicate_for_every_op(cloud: Cloud) -> None:
+    # Given a batch that was applied
+    event = load_event("batch_valid.json")
+    cloud.http("BatchesFunction", event)
+    # When the agent sends it again (its answer was lost)
+    again = cloud.http("BatchesFunction", load_event("batch_valid.json"))
+    # Then nothing is applied twice
+    assert statuses(again.body) == ["duplicate", "duplicate", "duplicate"]
+
+
+def test_older_put_is_superseded_and_carries_the_current_record(cloud: Cloud) -> None:
+    # Given a record written at a newer HLC
+    device = Device()
+    older = device.op("put", "user-1", {"currency": "EUR"})
+    newer = device.op("put", "user-1", {"currency": "BTC"})
+    cloud.post_batch([newer])
+    # When the older put arrives late
+    response = cloud.post_batch([older])
+    # Then it is superseded and the answer holds the record that won
+    result = response.body["results"][0]
+    assert result["status"] == "superseded"
+    assert result["record"]["data"] == {"currency": "BTC"}
+    assert result["record"]["clock"]["reset"] == newer["hlc"]
+
+
+def test_put_older_than_a_field_patch_is_merged(cloud: Cloud) -> None:
+    # Given a put at h1 and a patch of one field at h3
+    device = Device()
+    first = device.op("put", "user-2", {"currency": "EUR", "theme": "dark"})
+    middle = device.op("put", "user-2", {"currency": "USD", "theme": "light"})
+    patch = device.op("patch", "user-2", {"theme": "blue"})
+    cloud.post_batch([first, patch])
+    # When a put stamped between them (h2) arrives
+    response = cloud.post_batch([middle])
+    # Then it applies where it is newer (currency) and not where the patch is (theme)
+    result = response.body["results"][0]
+    assert result["status"] == "merged"
+    assert result["record"]["data"] == {"currency": "USD", "theme": "blue"}
+
+
+def test_one_invalid_op_is_rejected_alone(cloud: Cloud) -> None:
+    # Given the sample batch whose second op breaks the schema
+    response = cloud.http("BatchesFunction", load_event("batch_one_invalid_op.json"))
+    # Then that op is rejected with the reasons, and the others are applied
+    assert response.status == 200
+    assert statuses(response.body) == ["applied", "rejected", "applied"]
+    error = response.body["results"][1]["error"]
+    assert error["code"] == "invalid_op"
+    assert "ops[1].collection" in error["message"] and "ops[1].hlc" in error["message"]
+
+
+def test_op_stamped_too_far_ahead_is_rejected_with_the_server_time(cloud: Cloud) -> None:
+    # Given a device whose clock is ten minutes ahead
+    ahead = f"{wall_clock_ms() + 600_000:013d}-00000-pi-7"
+    device = Device()
+    ok = device.op("put", "user-3", {"a": 1})
+    future = device.op("put", "user-4", {"a": 2}, hlc=ahead)
+    # When it uploads
+    response = cloud.post_batch([ok, future])
+    # Then the future op is rejected clock_ahead with the server's time; the other applies
+    assert statuses(response.body) == ["applied", "rejected"]
+    error = response.body["results"][1]["error"]
+    assert error["code"] == "clock_ahead"
+    assert is_hlc(error["details"]["server_time"])
+    assert error["details"]["server_time"] < ahead
+
+
+def test_write_to_a_reserved_collection_is_forbidden(cloud: Cloud) -> None:
+    device = Device()
+    response = cloud.post_batch([device.op("put", "k", {"a": 1}, collection="_system")])
+    result = response.body["results"][0]
+    assert result["status"] == "rejected"
+    assert result["error"]["code"] == "forbidden"
+
+
+def test_oversized_op_is_rejected_too_large(cloud: Cloud) -> None:
+    # Given an op over the 350 KiB op limit next to a normal one
+    device = Device()
+    big = device.op("put", "big", {"blob": "x" * (351 * 1024)})
+    small = device.op("put", "small", {"a": 1})
+    response = cloud.post_batch([big, small])
+    assert statuses(response.body) == ["rejected", "applied"]
+    assert response.body["results"][0]["error"]["code"] == "too_large"
+
+
+def test_gzip_base64_body_is_accepted(cloud: Cloud) -> None:
+    # Given the sample gzip body that API Gateway delivered base64-encoded
+    response = cloud.http("BatchesFunction", load_event("batch_gzip_base64.json"))
+    assert response.status == 200
+    assert statuses(response.body) == ["applied"]
+
+
+def test_tenant_in_the_body_is_ignored_and_writes_stay_in_the_token_tenant(cloud: Cloud) -> None:
+    # Given tenant "acme" owns preferences/user-9
+    device = Device()
+    cloud.post_batch([device.op("put", "user-9", {"owner": "acme"})], tenant="acme")
+    # When a device of tenant "evil" writes the same collection/key (even naming acme in the body)
+    intruder = Device("evil-1")
+    body = {
+        "batch_id": "b-x",
+        "tenant_id": "acme",
+        "ops": [intruder.op("put", "user-9", {"owner": "evil"})],
+    }
+    event = batch_event(json.dumps(body), "evil", "evil-1")
+    rejected = cloud.http("BatchesFunction", event)
+    response = cloud.post_batch([intruder.op("put", "user-9", {"owner": "evil"})], tenant="evil")
+    # Then a body naming a tenant is refused and the write lands in the caller's own tenant
+    assert rejected.status == 400
+    assert statuses(response.body) == ["applied"]
+    settle()
+    acme = cloud.changes(tenant="acme", device="pi-7")
+    evil = cloud.changes(tenant="evil", device="evil-1")
+    assert [c["data"] for c in acme.body["changes"]] == [{"owner": "acme"}]
+    assert [c["data"] for c in evil.body["changes"]] == [{"owner": "evil"}]
