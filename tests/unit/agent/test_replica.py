@@ -1,0 +1,133 @@
+"""The replica of cloud records and the local view (replica + pending local ops)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.contracts import Op, OpKind, Record, RecordClock
+from tests.support.agent_store import Store, open_store
+
+pytestmark = pytest.mark.agent
+
+
+def hlc(ms: int, node: str = "server") -> str:
+    return f"{ms:013d}-00000-{node}"
+
+
+def cloud_record(data: dict, at: int, key: str = "k", reset: int = 0) -> Record:
+    return Record(
+        "items", key, data, RecordClock(hlc(reset) if reset else "", dict.fromkeys(data, hlc(at)))
+    )
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return open_store(tmp_path / "agent.db")
+
+
+def test_an_applied_record_is_stored_with_its_clock(store):
+    record = cloud_record({"a": 1}, at=10)
+
+    store.replica.apply(record)
+
+    assert store.replica.get_record("items", "k") == record
+
+
+def test_an_unknown_record_is_none(store):
+    assert store.replica.get_record("items", "nothing") is None
+    assert store.replica.view("items", "nothing", []) is None
+
+
+def test_an_older_record_arriving_late_does_not_overwrite_a_newer_one(store):
+    store.replica.apply(cloud_record({"a": "new"}, at=20))
+
+    store.replica.apply(cloud_record({"a": "old"}, at=10))
+
+    assert store.replica.get_record("items", "k").data == {"a": "new"}
+
+
+def test_a_deleted_record_keeps_its_tombstone_and_views_as_none(store):
+    store.replica.apply(cloud_record({"a": 1}, at=10))
+
+    store.replica.apply(Record("items", "k", {}, RecordClock(hlc(20), {})))
+    store.replica.apply(cloud_record({"a": 1}, at=10))
+
+    assert store.replica.get_record("items", "k").clock.reset == hlc(20)
+    assert store.replica.view("items", "k", []) is None
+
+
+def test_apply_many_folds_a_page_in_one_transaction(store):
+    page = [cloud_record({"n": i}, at=10, key=f"k{i}") for i in range(5)]
+
+    assert store.replica.apply_many(page) == 5
+
+    assert store.replica.count() == 5
+
+
+def test_the_view_applies_pending_local_ops_over_the_replica(store):
+    store.replica.apply(cloud_record({"a": 1, "b": 1}, at=10))
+    store.outbox.record("items", "k", OpKind.PATCH, {"b": 2})
+
+    view = store.replica.view("items", "k", store.outbox.pending_for("items", "k"))
+
+    assert view == {"a": 1, "b": 2}
+
+
+def test_the_view_of_a_locally_deleted_record_is_none(store):
+    store.replica.apply(cloud_record({"a": 1}, at=10))
+    store.outbox.record("items", "k", OpKind.DELETE, None)
+
+    assert store.replica.view("items", "k", store.outbox.pending_for("items", "k")) is None
+
+
+def test_the_view_of_a_record_only_written_locally(store):
+    store.outbox.record("items", "new", OpKind.PUT, {"x": 1})
+
+    assert store.replica.view("items", "new", store.outbox.pending_for("items", "new")) == {"x": 1}
+
+
+def test_the_view_ignores_ops_of_other_keys(store):
+    other = Op("o1", "items", "other", OpKind.PUT, hlc(5, "dev"), {"x": 1})
+
+    assert store.replica.view("items", "k", [other]) is None
+
+
+def test_clear_forgets_every_record(store):
+    store.replica.apply(cloud_record({"a": 1}, at=10))
+
+    store.replica.clear()
+
+    assert store.replica.count() == 0
+
+
+# A field written at one HLC always has one value (HLCs are unique per op).
+records = st.lists(
+    st.builds(
+        lambda names, at, reset: cloud_record({n: f"{n}@{at}" for n in names}, at=at, reset=reset),
+        st.sets(st.sampled_from("abc"), max_size=3),
+        st.integers(1, 30),
+        st.sampled_from([0, 5, 15, 25]),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(page=records, order=st.randoms(use_true_random=False))
+def test_any_order_with_duplicates_gives_the_same_replica(tmp_path_factory, page, order):
+    """Pages delivered twice or out of order leave the same replica."""
+    base = tmp_path_factory.mktemp("replica")
+    forward = open_store(base / "f.db", synchronous="OFF")
+    shuffled = open_store(base / "s.db", synchronous="OFF")
+    again = page + page[: len(page) // 2]
+    order.shuffle(again)
+
+    forward.replica.apply_many(page)
+    shuffled.replica.apply_many(again)
+
+    assert forward.replica.get_record("items", "k") == shuffled.replica.get_record("items", "k")
+    forward.close()
+    shuffled.close()
