@@ -10,6 +10,7 @@ log, and checks the bearer token. Hooks inject what the real cloud does on a bad
     server.poison("bad")                      # a batch holding key "bad" is answered 400
     server.max_ops = 3                        # batches over the limit are answered 413
     server.now_ms = lambda: ...               # the server's clock (for clock_ahead)
+    server.batch_delay_s = 0.2                # a slow cloud
     server.force("op-id", "queued")           # answer one op with a given status
     server.expire_cursors()                   # cursors issued so far answer 410
 """
@@ -65,6 +66,7 @@ class ProtocolServer:
         self.skew_s = limits.MAX_CLOCK_SKEW_S
         self.now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
         self.offline = False
+        self.batch_delay_s = 0.0  # slow every POST /v1/batches down (outside the lock)
         self.records: dict[tuple[str, str], Record] = {}
         self.applied: Counter[str] = Counter()  # op_id -> times it took effect
         self.seen: list[Seen] = []
@@ -226,6 +228,8 @@ def _handler_for(server: ProtocolServer) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if url.path == "/v1/batches" and server.batch_delay_s:
+                time.sleep(server.batch_delay_s)
             with server._lock:
                 if server.offline:
                     self.close_connection = True

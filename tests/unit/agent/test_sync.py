@@ -271,7 +271,7 @@ def test_fault_transport_timestamps_show_the_backoff_actually_used(rig: Rig) -> 
     gaps = rig.faults.gaps("push")
     assert len(gaps) == 3
     for gap, expected in zip(gaps, [0.05, 0.1, 0.2]):
-        assert expected <= gap < expected + 0.15
+        assert expected <= gap < expected + 0.4  # upper slack for a loaded machine
 
 
 def test_an_unreachable_cloud_raises_nothing_and_loses_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,284 @@
+"""`sync-agent`: the device's command line (CLI.md).
+
+Exit codes: 0 success, 2 usage error, 1 any other error, and `sync` exits 75 (EX_TEMPFAIL)
+when it could not reach the cloud - nothing is lost, run it again later. Errors are one line
+on stderr saying what was wrong and what to do; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn, Optional
+
+from device_agent.agent import Agent
+from device_agent.errors import AgentError, InvalidInput, NotConfigured, NotFound
+from device_agent.progress import Progress
+from device_agent.summary import ProcessingSummary
+from device_agent.worker import Worker
+from shared.contracts import ContractError, Priority
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
+PROG = "sync-agent"
+PRIORITIES = [p.name.lower() for p in Priority]
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _default_db() -> str:
+    return os.environ.get("SYNC_AGENT_DB") or "./fieldsync.db"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="device database (default: $SYNC_AGENT_DB, else ./fieldsync.db)",
+    )
+    parser = _Parser(prog=PROG, description="FieldSync device agent.", parents=[common])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
+        return sub
+
+    init = command("init", "create or update the device database and its settings")
+    init.add_argument("--endpoint", required=True, metavar="URL")
+    init.add_argument("--token", required=True, metavar="TOKEN")
+    init.add_argument("--device-id", metavar="ID")
+
+    for name, help_text in (
+        ("put", "record a whole-document write (works offline); prints its op id"),
+        ("patch", "record a field update (null removes a field); prints its op id"),
+    ):
+        sub = command(name, help_text)
+        sub.add_argument("collection", metavar="COLLECTION")
+        sub.add_argument("key", metavar="KEY")
+        sub.add_argument("json", metavar="JSON", help="the document (a JSON object)")
+        sub.add_argument("--priority", choices=PRIORITIES, default="normal")
+    delete = command("delete", "record a delete; prints its op id")
+    delete.add_argument("collection", metavar="COLLECTION")
+    delete.add_argument("key", metavar="KEY")
+    delete.add_argument("--priority", choices=PRIORITIES, default="normal")
+
+    get = command("get", "print the local view of a document as JSON")
+    get.add_argument("collection", metavar="COLLECTION")
+    get.add_argument("key", metavar="KEY")
+
+    sync = command("sync", "push the outbox and pull changes now")
+    sync.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    command("run", "sync continuously until SIGTERM/SIGINT")
+    status = command("status", "show the outbox and sync state")
+    status.add_argument("--json", action="store_true")
+
+    quarantine = command("quarantine", "ops the cloud rejected permanently")
+    actions = quarantine.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    listing = actions.add_parser("list", help="list quarantined ops", parents=[common])
+    listing.add_argument("--json", action="store_true")
+    for name, help_text in (("retry", "send a quarantined op again"), ("drop", "discard it")):
+        action = actions.add_parser(name, help=help_text, parents=[common])
+        action.add_argument("op_id", metavar="OP_ID")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    db = getattr(args, "db", None) or _default_db()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "run" else 30,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args, db)
+    except (InvalidInput, ContractError, UsageError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except NotFound as exc:
+        return _fail(f"{exc}: see `{PROG} quarantine list`", EXIT_ERROR)
+    except NotConfigured as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except AgentError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # the promise: one line, never a traceback
+        logging.getLogger("device_agent.cli").debug("unexpected error", exc_info=True)
+        return _fail(
+            f"unexpected {type(exc).__name__}: {exc}; rerun with -v for details and report it",
+            EXIT_ERROR,
+        )
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    return code
+
+
+def _dispatch(args: argparse.Namespace, db: str) -> int:
+    command = args.command
+    if command == "init":
+        try:
+            with Agent.init(
+                db, endpoint=args.endpoint, token=args.token, device_id=args.device_id
+            ) as agent:
+                print(f"initialised {db} device_id={agent.state.device_id}")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+        return EXIT_OK
+    if command == "run":
+        worker = Worker(db)
+        Agent.open(db).close()  # fail fast, with the usual message, if there is no database
+        worker.install_signal_handlers()
+        worker.run()
+        return EXIT_OK
+    with Agent.open(db) as agent:
+        if command in ("put", "patch", "delete"):
+            return _write(agent, args)
+        if command == "get":
+            document = agent.get(args.collection, args.key)
+            if document is None:
+                return _fail(f"not found: {args.collection}/{args.key} has no document", 1)
+            print(json.dumps(document, ensure_ascii=False, sort_keys=True))
+            return EXIT_OK
+        if command == "sync":
+            return _sync(agent, args.timeout)
+        if command == "status":
+            return _status(agent, as_json=args.json)
+        return _quarantine(agent, args)
+
+
+def _write(agent: Agent, args: argparse.Namespace) -> int:
+    if args.command == "delete":
+        print(agent.delete(args.collection, args.key, priority=args.priority))
+        return EXIT_OK
+    try:
+        document = json.loads(args.json)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"JSON argument is not valid JSON ({exc}): quote it, e.g. '{{\"a\": 1}}'"
+        ) from exc
+    if not isinstance(document, dict):
+        raise InvalidInput("JSON argument must be a JSON object, e.g. '{\"a\": 1}'")
+    write = agent.put if args.command == "put" else agent.patch
+    print(write(args.collection, args.key, document, priority=args.priority))
+    return EXIT_OK
+
+
+def _sync(agent: Agent, timeout: float) -> int:
+    progress = Progress(sys.stdout, agent.outbox.depth())
+    summary = agent.sync(timeout=timeout, progress=progress)
+    progress.finish(summary)
+    print(summary.line())
+    quarantined = agent.outbox.stats().quarantined
+    if quarantined:
+        sys.stderr.write(
+            f"{PROG}: warning: {quarantined} op(s) quarantined: see `{PROG} quarantine list`\n"
+        )
+    return _sync_exit(summary)
+
+
+def _sync_exit(summary: ProcessingSummary) -> int:
+    if summary.synced:
+        return EXIT_OK
+    reason = summary.errors[-1] if summary.errors else summary.stopped_by or "unknown"
+    if summary.stopped_by == "auth":
+        return _fail(
+            f"the cloud refused this device's token ({reason}): get a new one and run "
+            f"`{PROG} init --endpoint URL --token TOKEN`",
+            EXIT_ERROR,
+        )
+    if not summary.reached_cloud:
+        return _fail(
+            f"could not reach the cloud ({reason}); nothing is lost: {summary.remaining} op(s) "
+            f"wait in the outbox, run `{PROG} sync` again when online",
+            EXIT_TEMPFAIL,
+        )
+    return _fail(
+        f"sync incomplete ({reason}); nothing is lost: {summary.remaining} op(s) wait in the "
+        f"outbox, run `{PROG} sync` again later",
+        EXIT_TEMPFAIL,
+    )
+
+
+def _status(agent: Agent, *, as_json: bool) -> int:
+    status = agent.status()
+    if as_json:
+        print(json.dumps(status, sort_keys=True))
+        return EXIT_OK
+    depth = ", ".join(f"{name} {count}" for name, count in status["depth"].items() if count)
+    age = status["oldest_pending_age_s"]
+    rows = [
+        ("database", status["database"]),
+        ("device", status["device_id"]),
+        ("endpoint", status["endpoint"] or "- (run sync-agent init)"),
+        ("connectivity", status["connectivity"]),
+        (
+            "pending",
+            f"{status['pending']} ops ({depth or 'none'}), {status['bytes']} bytes"
+            + (f", oldest {age:.0f}s" if age is not None else ""),
+        ),
+        ("quarantined", status["quarantined"]),
+        ("last success", _when(status["last_success_at"])),
+        ("last error", status["last_error"] or "-"),
+        ("failures", f"{status['consecutive_failures']} in a row"),
+        ("backoff", f"{status['current_backoff_s']:g}s"),
+        ("clock offset", _offset(status["clock_offset_ms"])),
+    ]
+    for name, value in rows:
+        print(f"{name + ':':<14}{value}")
+    return EXIT_OK
+
+
+def _when(epoch: Optional[float]) -> str:
+    if epoch is None:
+        return "never"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return f"{stamp} ({max(0.0, time.time() - epoch):.0f}s ago)"
+
+
+def _offset(ms: Optional[int]) -> str:
+    return "unknown" if ms is None else f"{ms / 1000:+.1f}s (cloud minus device)"
+
+
+def _quarantine(agent: Agent, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        items = agent.quarantined()
+        if args.json:
+            print(json.dumps({"quarantined": items}, sort_keys=True))
+        else:
+            for item in items:
+                print(
+                    f"{item['op_id']} {item['collection']}/{item['key']} {item['kind']} "
+                    f"{item['code']}: {item['message']}"
+                )
+            if not items:
+                print("no quarantined ops")
+        return EXIT_OK
+    if args.action == "retry":
+        print(agent.retry_quarantined(args.op_id))
+        return EXIT_OK
+    agent.drop_quarantined(args.op_id)
+    print(f"dropped {args.op_id}")
+    return EXIT_OK

@@ -1,0 +1,218 @@
+"""`sync-agent run`: the long-running worker.
+
+It pushes whenever the outbox holds work and the cloud is reachable, pulls every
+`pull_interval_s`, and after a failure waits a jittered, budgeted backoff (never a fixed
+interval: a fleet must not retry in step). While the cloud is unreachable it probes
+`GET /v1/health` (also jittered); when a probe succeeds it syncs at once - after a random
+delay within the reconnect window, so devices that regain the network together do not
+arrive together. Ops recorded by another process are noticed within `poll_interval_s`
+through SQLite's `PRAGMA data_version`, which changes when another connection commits.
+
+SIGTERM/SIGINT stop it between batches: an op is acked only after the cloud answered for it,
+and anything claimed but unsent is released, so nothing is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any, Optional
+
+from device_agent.agent import Agent, PathLike
+from device_agent.backoff import (
+    BackoffStrategy,
+    Clock,
+    ExponentialBackoff,
+    ReconnectJitter,
+    RetryBudget,
+    RetryPolicy,
+)
+from device_agent.errors import NotConfigured
+from device_agent.network import Connectivity
+from device_agent.sync import SyncEngine
+
+log = logging.getLogger("device_agent.worker")
+
+
+def fleet_rng() -> random.Random:
+    """Seeded from the OS, so devices booted in the same second still draw differently."""
+    return random.Random(os.urandom(16))
+
+
+class Worker:
+    """Runs sync rounds for one device database until `stop()` (or a signal)."""
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        poll_interval_s: float = 0.5,
+        pull_interval_s: float = 30.0,
+        reconnect_window_s: float = 10.0,
+        round_timeout_s: float = 120.0,
+        retry_policy: Optional[RetryPolicy] = None,
+        probe_backoff: Optional[BackoffStrategy] = None,
+        rng: Optional[random.Random] = None,
+        clock: Clock = time.monotonic,
+        agent_options: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.path = path
+        self.poll_interval_s = poll_interval_s
+        self.pull_interval_s = pull_interval_s
+        self.round_timeout_s = round_timeout_s
+        self._rng = rng or fleet_rng()
+        self.retry_policy = retry_policy or RetryPolicy(
+            ExponentialBackoff(base=1.0, cap=300.0, rng=self._rng),
+            budget=RetryBudget(capacity=10, refill_per_s=0.1, clock=clock),
+            rng=self._rng,
+        )
+        self.probe_backoff = probe_backoff or ExponentialBackoff(base=1.0, cap=30.0, rng=self._rng)
+        self.reconnect = ReconnectJitter(reconnect_window_s, rng=self._rng)
+        self._clock = clock
+        self._agent_options = agent_options or {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.rounds = 0
+        # The schedule (monotonic seconds), reset at the start of every run.
+        self._next_pull = self._next_attempt = self._next_probe = 0.0
+        self._failures = self._probes_failed = 0
+        self._version = 0
+        self._work_known = True
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current batch and return (safe from any thread)."""
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the outbox now instead of at the next poll."""
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop cleanly on SIGTERM and SIGINT (main thread only)."""
+
+        def handler(signum: int, frame: Optional[FrameType]) -> None:
+            log.info("stopping signal=%s", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until stopped. Opens its own Agent: a SQLite connection belongs to a thread."""
+        with Agent.open(self.path, **self._agent_options) as agent:
+            agent.monitor.subscribe(self._on_connectivity)
+            try:
+                self._loop(agent)
+            finally:
+                agent.state.update_stats(current_backoff_s=0.0)
+        log.info("worker stopped rounds=%d", self.rounds)
+
+    def _on_connectivity(self, old: Connectivity, new: Connectivity) -> None:
+        self._wake.set()
+
+    def _loop(self, agent: Agent) -> None:
+        now = self._clock()
+        self._next_pull = now  # pull once at start
+        self._next_attempt = now  # gate after failures (backoff) and reconnects (jitter)
+        self._next_probe = now
+        self._failures = self._probes_failed = 0
+        self._version = _data_version(agent)
+        self._work_known = True
+        while not self._stop.is_set():
+            try:
+                engine = agent.engine()  # rebuilt (and auth cleared) when settings change
+            except NotConfigured as exc:
+                log.error("not configured error=%s", exc)
+                self._wait(5.0)
+                continue
+            engine.should_stop = self._stop.is_set  # finish the current batch, then return
+            state = agent.monitor.state
+            if state is Connectivity.AUTH:
+                self._wait(self.poll_interval_s * 4)  # only a new token (init) helps
+            elif state is Connectivity.OFFLINE:
+                self._offline_step(agent, engine)
+            elif self._online_step(agent, engine) == "stopped":
+                break
+
+    def _offline_step(self, agent: Agent, engine: SyncEngine) -> None:
+        """Probe the health endpoint on a jittered schedule; on success, schedule a sync
+        after the reconnect jitter."""
+        now = self._clock()
+        if now >= self._next_probe:
+            agent.monitor.observe(engine.transport.health())
+            if agent.monitor.state is Connectivity.OFFLINE:
+                self._probes_failed += 1
+                delay = self.probe_backoff.delay(self._probes_failed)
+                self._next_probe = now + delay
+                agent.state.update_stats(current_backoff_s=round(delay, 3))
+                log.info("offline probes=%d next_probe_s=%.2f", self._probes_failed, delay)
+            else:
+                self._probes_failed = self._failures = 0
+                jitter = self.reconnect.delay()
+                self._next_attempt = self._clock() + jitter
+                self._next_pull = min(self._next_pull, self._next_attempt)
+                self._work_known = True
+                log.info("reconnected sync_in_s=%.2f", jitter)
+        self._wait_until(min(self._next_probe, self._next_attempt))
+
+    def _online_step(self, agent: Agent, engine: SyncEngine) -> Optional[str]:
+        """Run a round if one is due (work in the outbox, or a pull), else wait a poll."""
+        now = self._clock()
+        fresh = _data_version(agent)
+        if fresh != self._version:
+            self._version, self._work_known = fresh, True
+        pull_due = now >= self._next_pull
+        push_due = self._work_known and agent.outbox.depth() > 0
+        if now < self._next_attempt or not (push_due or pull_due):
+            wake_at = self._next_pull
+            if self._next_attempt > now:
+                wake_at = min(wake_at, self._next_attempt)
+            self._wait_until(wake_at)
+            return None
+        summary = engine.round(deadline=now + self.round_timeout_s, pull=pull_due)
+        self.rounds += 1
+        if summary.requests:
+            log.info("round n=%d %s", self.rounds, summary.line())
+        self._work_known = summary.remaining > 0
+        stopped_by = summary.stopped_by
+        if stopped_by is None:
+            self._failures = 0
+            self.retry_policy.reset()
+            if pull_due:
+                self._next_pull = self._clock() + self.pull_interval_s
+        elif stopped_by == "auth":
+            log.error("token refused: run `sync-agent init --token NEW` to fix")
+        elif stopped_by == "unreachable":
+            self._probes_failed = 1
+            self._next_probe = self._clock() + self.probe_backoff.delay(1)
+        elif stopped_by != "stopped":
+            self._failures += 1
+            delay = self.retry_policy.next_delay(self._failures, summary.retry_after)
+            self._next_attempt = self._clock() + delay
+            agent.state.update_stats(current_backoff_s=round(delay, 3))
+            log.info("backing off failures=%d delay_s=%.2f", self._failures, delay)
+        return stopped_by
+
+    def _wait_until(self, when: float) -> None:
+        """Sleep until `when`, a wake-up, or the next outbox poll - whichever comes first."""
+        self._wait(max(0.0, min(when - self._clock(), self.poll_interval_s)))
+
+    def _wait(self, seconds: float) -> None:
+        if self._wake.wait(seconds):
+            self._wake.clear()
+
+
+def _data_version(agent: Agent) -> int:
+    """Changes whenever another connection (another process) commits to the database."""
+    row = agent.conn.execute("PRAGMA data_version").fetchone()
+    return int(row[0])
