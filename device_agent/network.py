@@ -15,20 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from enum import Enum
 from typing import Callable, Optional
 
 from device_agent.backoff import BackoffStrategy, Clock, ExponentialBackoff
+from device_agent.state import Connectivity  # one vocabulary for the monitor and `status`
 from device_agent.transport import AuthFailed, HealthOutcome, Outcome, Unreachable
 
 log = logging.getLogger("device_agent.network")
 
-
-class Connectivity(str, Enum):
-    UNKNOWN = "unknown"
-    ONLINE = "online"
-    OFFLINE = "offline"
-    AUTH = "auth"
+__all__ = ["Connectivity", "NetworkMonitor", "Observer", "Probe", "classify"]
 
 
 Observer = Callable[[Connectivity, Connectivity], None]

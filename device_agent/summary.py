@@ -13,7 +13,8 @@ class ProcessingSummary:
     """Counts per op status, traffic, and why the sync stopped if it did not finish.
 
     `synced` is True when the outbox had nothing more to send and the replica was pulled up
-    to date. `reached_cloud` is False when no request got an HTTP answer (offline).
+    to date. `deferred` counts ops put off to a later sync (still `clock_ahead` after
+    re-stamping). `reached_cloud` is False when no request got an HTTP answer (offline).
     `stopped_by` names the failure that ended it early (`unreachable`, `throttled`,
     `server_error`, `auth`, `timeout`, `stopped`), else None.
     """
@@ -25,6 +26,7 @@ class ProcessingSummary:
     rejected: int = 0
     queued: int = 0
     restamped: int = 0
+    deferred: int = 0
     quarantined: int = 0
     pulled: int = 0
     resyncs: int = 0
@@ -42,7 +44,7 @@ class ProcessingSummary:
 
     @property
     def synced(self) -> bool:
-        return self.pushed_all and self.pulled_all and self.stopped_by is None
+        return self.pushed_all and self.pulled_all and self.stopped_by is None and not self.deferred
 
     @property
     def acked(self) -> int:
@@ -65,6 +67,7 @@ class ProcessingSummary:
         return {
             "counts": self.counts,
             "restamped": self.restamped,
+            "deferred": self.deferred,
             "quarantined": self.quarantined,
             "pulled": self.pulled,
             "resyncs": self.resyncs,

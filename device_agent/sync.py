@@ -298,6 +298,8 @@ class SyncEngine:
                     summary.quarantined += 1
                     summary.error(f"op {pending.op.op_id} rejected: {code}: {message}")
             self.outbox.ack(acks)
+            for op_id in acks:
+                self._restamps.pop(op_id, None)
             if missing:
                 self._release(missing, "the cloud sent no result for this op", attempted=True)
         if ahead:
@@ -327,6 +329,8 @@ class SyncEngine:
                 summary.restamped += len(restamped)
             if give_up:
                 # Still "ahead" after re-stamping: do not loop; try again later.
+                summary.deferred += len(give_up)
+                summary.error(f"{len(give_up)} op(s) still clock_ahead after re-stamping")
                 self.outbox.release(
                     [p.op.op_id for p in give_up],
                     error="clock_ahead after re-stamping",

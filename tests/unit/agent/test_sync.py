@@ -321,3 +321,33 @@ def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServe
     assert summary.stopped_by == "throttled" and summary.pulled == 1
     assert agent.get("prefs", "theirs") == {"b": 2}
     assert agent.status()["pending"] == 1
+
+
+def test_an_op_still_clock_ahead_after_restamping_is_deferred_not_looped(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given the cloud keeps answering clock_ahead for one op, whatever its stamp
+    agent = rig.agent(max_attempts=1)
+    stubborn = agent.put("prefs", "a", {"n": 1})
+    fine = agent.put("prefs", "b", {"n": 2})
+    server.force(stubborn, "rejected", "clock_ahead")
+    summary = agent.sync(timeout=10)
+    # Then it is re-stamped a bounded number of times, then put off; the other op is applied
+    assert summary.restamped == 3 and summary.deferred == 1 and not summary.synced
+    assert server.applied[fine] == 1
+    assert [op.op_id for op in server.arrivals].count(stubborn) == 4
+    assert agent.status()["pending"] == 1 and agent.status()["quarantined"] == 0
+
+
+def test_a_sync_that_runs_out_of_time_stops_between_batches_and_keeps_the_rest(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    server.batch_delay_s = 0.25
+    agent = rig.agent(sync_config=SyncConfig(batch_ops=1))
+    ids = [agent.put("prefs", f"k{n}", {"n": n}) for n in range(8)]
+    summary = agent.sync(timeout=0.6)
+    assert summary.stopped_by == "timeout" and not summary.synced
+    sent = sum(server.applied[op_id] for op_id in ids)
+    assert 1 <= sent < 8
+    status = agent.status()
+    assert status["pending"] == 8 - sent and status["in_flight"] == 0
