@@ -1,0 +1,130 @@
+"""GET /v1/changes: paging, tenant isolation, the settle horizon, tombstones, cursor errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared.contracts import is_hlc
+from shared.dal import records_model
+from tests.integration.conftest import SETTLE_MS, Cloud, Device, settle
+from tests.support.aws import load_event
+
+
+def page_all(cloud: Cloud, **kwargs: object) -> tuple[list[dict], str, int]:
+    changes: list[dict] = []
+    cursor = None
+    pages = 0
+    while True:
+        response = cloud.changes(after=cursor, **kwargs)  # type: ignore[arg-type]
+        assert response.status == 200, response.body
+        pages += 1
+        changes += response.body["changes"]
+        cursor = response.body["cursor"]
+        if not response.body["has_more"]:
+            return changes, cursor, pages
+
+
+def test_sample_changes_event_returns_a_page_with_cursor_and_horizon(cloud: Cloud) -> None:
+    device = Device()
+    cloud.post_batch([device.op("put", f"user-{i}", {"i": i}) for i in range(3)])
+    settle()
+    response = cloud.http("ChangesFunction", load_event("changes_page.json"))  # limit=2
+    assert response.status == 200
+    assert len(response.body["changes"]) == 2 and response.body["has_more"] is True
+    assert isinstance(response.body["cursor"], str) and is_hlc(response.body["horizon"])
+    first = response.body["changes"][0]
+    assert set(first) >= {"collection", "key", "data", "deleted", "hlc", "device_id", "clock"}
+
+
+def test_paging_with_the_cursor_returns_every_record_once(cloud: Cloud) -> None:
+    device = Device()
+    cloud.post_batch([device.op("put", f"k{i}", {"i": i}) for i in range(7)])
+    settle()
+    changes, _, pages = page_all(cloud, limit=3)
+    assert sorted(c["key"] for c in changes) == [f"k{i}" for i in range(7)]
+    assert pages == 3
+
+
+def test_cursor_picks_up_only_later_changes(cloud: Cloud) -> None:
+    device = Device()
+    cloud.post_batch([device.op("put", "a", {"v": 1})])
+    settle()
+    _, cursor, _ = page_all(cloud)
+    cloud.post_batch([device.op("patch", "b", {"v": 2}), device.op("patch", "a", {"v": 3})])
+    settle()
+    later = cloud.changes(after=cursor).body["changes"]
+    assert sorted((c["key"], c["data"]["v"]) for c in later) == [("a", 3), ("b", 2)]
+
+
+def test_a_write_inside_the_settle_window_is_held_back_not_lost(cloud: Cloud) -> None:
+    # Given a write that just committed
+    device = Device()
+    cloud.post_batch([device.op("put", "fresh", {"v": 1})])
+    # When the feed is read at once, then again after the settle window
+    early = cloud.changes()
+    time.sleep(SETTLE_MS / 1000 + 0.05)
+    late = cloud.changes(after=early.body["cursor"])
+    # Then it is not in the first page but is in the next one
+    assert early.body["changes"] == [] and early.body["has_more"] is False
+    assert [c["key"] for c in late.body["changes"]] == ["fresh"]
+
+
+def test_other_tenants_changes_are_invisible(cloud: Cloud) -> None:
+    cloud.post_batch([Device("a-1").op("put", "k", {"t": "acme"})], tenant="acme", device="a-1")
+    cloud.post_batch([Device("g-1").op("put", "k", {"t": "globex"})], tenant="globex", device="g-1")
+    settle()
+    acme, _, _ = page_all(cloud, tenant="acme", device="a-1")
+    assert [c["data"] for c in acme] == [{"t": "acme"}]
+
+
+def test_collection_filter(cloud: Cloud) -> None:
+    device = Device()
+    cloud.post_batch(
+        [device.op("put", "x", {"a": 1}), device.op("put", "y", {"b": 1}, collection="notes")]
+    )
+    settle()
+    notes, _, _ = page_all(cloud, collection="notes")
+    assert [(c["collection"], c["key"]) for c in notes] == [("notes", "y")]
+
+
+def test_delete_leaves_a_tombstone_with_a_ttl_in_the_feed(cloud: Cloud) -> None:
+    device = Device()
+    cloud.post_batch([device.op("put", "gone", {"a": 1}), device.op("delete", "gone")])
+    settle()
+    changes, _, _ = page_all(cloud)
+    assert [(c["key"], c["deleted"], c["data"]) for c in changes] == [("gone", True, {})]
+    item = records_model().get("acme#preferences#gone")
+    retention_s = 30 * 86_400
+    assert item.expires_at is not None
+    assert abs(item.expires_at.timestamp() - (time.time() + retention_s)) < 60
+
+
+def test_cursor_older_than_tombstone_retention_is_410(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a cursor the device got earlier
+    cloud.post_batch([Device().op("put", "a", {"v": 1})])
+    settle()
+    _, cursor, _ = page_all(cloud)
+    # When the retention window is shorter than the cursor's age
+    monkeypatch.setenv("TOMBSTONE_RETENTION_DAYS", "0")
+    time.sleep(0.01)
+    response = cloud.changes(after=cursor)
+    # Then the device is told to resync from the beginning
+    assert response.status == 410
+    assert response.body["error"]["code"] == "cursor_expired"
+
+
+@pytest.mark.parametrize("query", [{"after": "garbage!"}, {"limit": "0"}, {"limit": "x"}])
+def test_bad_cursor_or_limit_is_400(cloud: Cloud, query: dict[str, str]) -> None:
+    response = cloud.changes(**{k: v for k, v in query.items()})  # type: ignore[arg-type]
+    assert response.status == 400
+    assert response.body["error"]["code"] in ("invalid_cursor", "bad_request")
+
+
+def test_changes_without_authorizer_context_is_401(cloud: Cloud) -> None:
+    event = load_event("changes_page.json")
+    del event["requestContext"]["authorizer"]
+    assert cloud.http("ChangesFunction", event).status == 401
