@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from local.errors import LocalCloudError
 from local.server import DEV_DEVICE, DEV_TENANT, LocalCloud, ServeOptions
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8787"
+SHUTDOWN_GRACE_S = 25.0
 
 
 def _default_template() -> Path:
@@ -96,6 +98,11 @@ def _serve(args: argparse.Namespace) -> int:
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        if not stopping.is_set():
+            # A stuck shutdown must not keep the port and the moto child forever.
+            watchdog = threading.Timer(SHUTDOWN_GRACE_S, _force_exit)
+            watchdog.daemon = True
+            watchdog.start()
         stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -111,6 +118,11 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         cloud.stop()
     return 0
+
+
+def _force_exit() -> None:
+    print(f"sync-local: shutdown took over {SHUTDOWN_GRACE_S:.0f} s; exiting", file=sys.stderr)
+    os._exit(1)
 
 
 def _token(args: argparse.Namespace) -> int:

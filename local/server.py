@@ -22,6 +22,7 @@ from local.errors import StartupError, TemplateError
 from local.events import HttpRequest
 from local.functions import LocalFunction, load_functions
 from local.gateway import Gateway, GatewayConfig, GatewayServer
+from local.moto_process import MotoProcess
 from local.resources import Stack, create_stack
 from local.retry import QueuePoller
 from local.template import StackTemplate, load_template
@@ -72,7 +73,7 @@ class LocalCloud:
         self.stack: Optional[Stack] = None
         self.functions: dict[str, LocalFunction] = {}
         self.moto_endpoint = ""
-        self._moto: Any = None
+        self._moto: Optional[MotoProcess] = None
         self._server: Optional[GatewayServer] = None
         self._pollers: list[QueuePoller] = []
         self._threads: list[threading.Thread] = []
@@ -109,15 +110,8 @@ class LocalCloud:
         self._threads.append(thread)
 
     def _start_moto(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        try:
-            self._moto.start()
-        except Exception as exc:
-            raise StartupError(f"moto server failed to start: {exc}") from exc
-        host, port = self._moto.get_host_and_port()
-        self.moto_endpoint = f"http://{host}:{port}"
+        self._moto = MotoProcess(verbose=self.options.verbose)
+        self.moto_endpoint = self._moto.start()
         os.environ["AWS_ENDPOINT_URL"] = self.moto_endpoint
 
     def _gateway(self, template: StackTemplate, stack: Stack) -> Gateway:
