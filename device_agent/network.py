@@ -194,6 +194,8 @@ class NetworkMonitor:
                 else:
                     # Online or auth: real requests keep the state; sleep until it changes.
                     version = self._version
-                    self._cond.wait_for(
-                        lambda v=version: self._stopping or self._version != v  # type: ignore[misc]
-                    )
+
+                    def woken(since: int = version) -> bool:
+                        return self._stopping or self._version != since
+
+                    self._cond.wait_for(woken)

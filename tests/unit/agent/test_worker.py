@@ -214,3 +214,28 @@ def test_stop_from_another_thread_returns_promptly_when_idle(db: Path) -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert time.monotonic() - stopped_at < 1.0
+
+
+def test_a_refused_token_stops_retries_until_a_new_token_is_set(
+    db: Path, server: ProtocolServer
+) -> None:
+    # Given the cloud refuses the device's token
+    server.token = "rotated"
+    with Agent.open(db) as app:
+        app.put("prefs", "u1", {"a": 1})
+    worker = Worker(db, poll_interval_s=0.05, pull_interval_s=3600)
+    thread = start(worker)
+    try:
+        wait_for(lambda: len(server.requests_to("/v1/batches")) >= 1, timeout=5)
+        time.sleep(1.0)
+        # Then it does not retry blindly: one refused request, and status says "auth"
+        assert len(server.requests_to("/v1/batches")) == 1
+        with Agent.open(db) as app:
+            assert app.status()["connectivity"] == "auth"
+        # When an operator sets the new token (another process runs `init`)
+        Agent.init(db, endpoint=server.url, token="rotated").close()
+        # Then the worker notices and the op goes through
+        wait_for(lambda: server.document("prefs", "u1") is not None, timeout=5)
+    finally:
+        worker.stop()
+        thread.join(5)
