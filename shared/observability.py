@@ -7,11 +7,18 @@ and statuses.
 
 from __future__ import annotations
 
+import os
+
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+# The template sets these; the defaults keep in-process use (tests, the local cloud) working
+# when the module is imported before the environment is set.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "fieldsync"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "FieldSync"
+
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 __all__ = ["MetricUnit", "logger", "metrics", "tracer"]
