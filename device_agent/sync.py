@@ -25,6 +25,7 @@ from device_agent.outbox import Outbox, PendingOp
 from device_agent.replica import Replica
 from device_agent.state import AgentState
 from device_agent.summary import ProcessingSummary
+from device_agent.sync_failures import Stop, describe, failure_name
 from device_agent.transport import (
     Accepted,
     AuthFailed,
@@ -62,45 +63,6 @@ class SyncConfig:
         self.batch_ops = max(1, min(self.batch_ops, limits.MAX_OPS_PER_BATCH))
         self.batch_bytes = max(1024, min(self.batch_bytes, limits.MAX_BATCH_BYTES))
         self.pull_limit = max(1, min(self.pull_limit, limits.MAX_CHANGES_LIMIT))
-
-
-class Stop(Exception):
-    """Raised inside a round to end it with a failure that concerns the whole request."""
-
-    def __init__(self, failure: Union[Failure, str]) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-
-
-def failure_name(failure: Union[Failure, str]) -> str:
-    """A short stable name for why a round stopped (used in summaries and status)."""
-    if isinstance(failure, str):
-        return failure
-    names = {
-        "Unreachable": "unreachable",
-        "Throttled": "throttled",
-        "AuthFailed": "auth",
-        "ServerError": "server_error",
-        "BadRequest": "bad_request",
-        "TooLarge": "too_large",
-        "CursorExpired": "cursor_expired",
-    }
-    return names.get(type(failure).__name__, type(failure).__name__)
-
-
-def describe(failure: Union[Failure, str]) -> str:
-    if isinstance(failure, str):
-        return failure
-    if isinstance(failure, Unreachable):
-        return f"cloud unreachable: {failure.reason}"
-    if isinstance(failure, Throttled):
-        hint = f", retry after {failure.retry_after:g}s" if failure.retry_after else ""
-        return f"cloud busy (HTTP {failure.status}{hint}): {failure.message}"
-    if isinstance(failure, AuthFailed):
-        return f"token refused (HTTP {failure.status}): {failure.message}"
-    status = getattr(failure, "status", None)
-    message = getattr(failure, "message", "")
-    return f"{failure_name(failure)}{f' (HTTP {status})' if status else ''}: {message}"
 
 
 class SyncEngine:
@@ -145,9 +107,12 @@ class SyncEngine:
         requests_before = summary.requests
         push_failure = self._guard(lambda: self.push(summary, deadline=deadline))
         pull_failure: Union[Failure, str, None] = None
-        hopeless = isinstance(push_failure, (AuthFailed, Unreachable)) or push_failure in (
-            "stopped",
-            "timeout",
+        # Pull anyway after most push failures (a 503 on batches may leave reads working), but
+        # not when it cannot help: offline, token refused, told to slow down (429), or stopping.
+        hopeless = (
+            isinstance(push_failure, (AuthFailed, Unreachable))
+            or (isinstance(push_failure, Throttled) and push_failure.status == 429)
+            or push_failure in ("stopped", "timeout")
         )
         if pull and not hopeless:
             pull_failure = self._guard(lambda: self.pull(summary, deadline=deadline))

@@ -190,6 +190,8 @@ class Worker:
             self.retry_policy.reset()
             if pull_due:
                 self._next_pull = self._clock() + self.pull_interval_s
+        elif stopped_by == "timeout":
+            pass  # a long outbox: carry on at once with the next round
         elif stopped_by == "auth":
             log.error("token refused: run `sync-agent init --token NEW` to fix")
         elif stopped_by == "unreachable":
