@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="make a message the retry worker failed visible again after SECONDS instead of "
         "the queue's VisibilityTimeout (speeds up retries and DLQ redrive in tests)",
     )
+    serve.add_argument(
+        "--authorizer-ttl",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="cache the authorizer's decisions this long instead of the template's "
+        "ReauthorizeEvery (0: every request is authorized, so a revocation is seen at once)",
+    )
     token = commands.add_parser("token", help="register a device with a running sync-local")
     token.add_argument("--tenant", required=True)
     token.add_argument("--device", required=True)
@@ -94,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
         parameters=_pairs(args.parameter_overrides, "--parameter-overrides"),
         env=_pairs(args.env, "--env"),
         retry_visibility_s=args.retry_visibility_timeout,
+        authorizer_ttl_s=args.authorizer_ttl,
     )
     stopping = threading.Event()
 

@@ -17,7 +17,9 @@ from typing import Optional
 from local.errors import StartupError
 
 _CHILD = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent stops us
 from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()

@@ -62,7 +62,8 @@ class QueuePoller:
             try:
                 self.poll_once()
             except Exception as exc:  # the poller outlives a failed receive, as Lambda's does
-                log.warning("retry queue poll failed", extra={"error": repr(exc)})
+                if not self._stop.is_set():
+                    log.warning("retry queue poll failed", extra={"error": repr(exc)})
                 self._stop.wait(1)
 
     def poll_once(self) -> int:

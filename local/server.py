@@ -8,6 +8,7 @@ process, so nothing leaks into a test runner or the user's shell.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -44,6 +45,7 @@ class ServeOptions:
     parameters: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     retry_visibility_s: Optional[int] = None
+    authorizer_ttl_s: Optional[int] = None  # None: the template's authorizerResultTtlInSeconds
 
 
 def _fake_aws_environment(region: str, verbose: bool) -> None:
@@ -122,9 +124,13 @@ class LocalCloud:
             )
         api = template.apis[0]
         stage = str(stack.resolve(api.stage, "the API's StageName") or "local")
+        ttl = self.options.authorizer_ttl_s
         authorizers = {
             name: LocalAuthorizer(
-                spec, self.functions[spec.function], region=stack.region, stage=stage
+                spec if ttl is None else dataclasses.replace(spec, ttl_s=ttl),
+                self.functions[spec.function],
+                region=stack.region,
+                stage=stage,
             )
             for name, spec in api.authorizers.items()
         }
@@ -137,6 +143,7 @@ class LocalCloud:
             local_routes={
                 ("POST", "/_local/devices"): self._register_route,
                 ("GET", "/_local/resources"): lambda _request: (200, self.resources()),
+                ("POST", "/_local/environment"): self._environment_route,
             },
             verbose=self.options.verbose,
         )
@@ -188,6 +195,22 @@ class LocalCloud:
         except FieldSyncError as exc:
             return 400, _error("bad_request", str(exc))
         return 200, {"tenant": tenant, "device": device, "token": token}
+
+    def _environment_route(self, request: HttpRequest) -> tuple[int, Any]:
+        """Change function environment variables at runtime, as a redeploy would in AWS.
+
+        Only settings the handlers read per invocation change (shared.config reads them at
+        call time); this is how a local operator "fixes the cause" before a DLQ redrive.
+        """
+        try:
+            changes = json_object(request.body)
+        except ValueError as exc:
+            return 400, _error("bad_request", f'send {{"NAME": "VALUE", ...}}: {exc}')
+        values = {str(name): str(value) for name, value in changes.items()}
+        for function in self.functions.values():
+            function.environment.update(values)
+        os.environ.update(values)
+        return 200, {"updated": sorted(values)}
 
     def resources(self) -> dict[str, Any]:
         """Where this stack lives, for operator tools (`sync-admin --local URL`).
