@@ -138,9 +138,9 @@ class Device:
         payload = [json.dumps(data)] if data is not None else []
         self.agent(kind, collection, key, *payload, "--priority", priority)
 
-    def sync(self) -> dict[str, str]:
+    def sync(self, timeout_s: float = 15) -> dict[str, str]:
         """Sync once; returns the summary's key=value pairs (exit 75 means offline)."""
-        done = self.agent("sync", "--timeout", "15", ok=(0, 75))
+        done = self.agent("sync", "--timeout", str(timeout_s), ok=(0, 75))
         summary = next(
             (line for line in done.stdout.splitlines()[::-1] if line.startswith("synced=")), ""
         )
