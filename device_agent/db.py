@@ -144,7 +144,8 @@ def open_database(
         # An op is "accepted" when record() returns, so its commit must survive a power cut.
         # In WAL mode synchronous=NORMAL fsyncs only at checkpoints: a commit is durable
         # against a process crash but the last transactions can vanish on power loss. FULL
-        # fsyncs the WAL at every commit, which is the promise the outbox makes.
+        # fsyncs the WAL at every commit, which is the promise the outbox makes. Soft state
+        # (leases, acks) relaxes this per transaction: see transaction(durable=False).
         conn.execute(f"PRAGMA synchronous = {mode}")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, location)
@@ -186,34 +187,59 @@ def _migrate(conn: sqlite3.Connection, location: str) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
     """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
 
-    Inside a transaction already, the block joins it (the outer one commits or rolls back).
-    SQLite errors that mean the database is unusable (locked, corrupt, disk full) become
-    DatabaseError; the transaction is rolled back on any exception.
+    `durable=False` is for soft state whose loss on a power cut only means work is redone
+    (leases, acks, retry times, statistics): see `_relaxed`. Inside a transaction already,
+    the block joins it and the outer transaction decides durability. SQLite errors that mean
+    the database is unusable (locked, corrupt, disk full) become DatabaseError; the
+    transaction is rolled back on any exception.
     """
     if conn.in_transaction:
         yield conn
         return
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise _translate(exc, database_path(conn)) from exc
-    try:
-        yield conn
-    except BaseException as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+    with _relaxed(conn, enabled=not durable):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
             raise _translate(exc, database_path(conn)) from exc
-        raise
+        try:
+            yield conn
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                raise _translate(exc, database_path(conn)) from exc
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _translate(exc, database_path(conn)) from exc
+
+
+@contextmanager
+def _relaxed(conn: sqlite3.Connection, *, enabled: bool) -> Iterator[None]:
+    """Commit without fsync (synchronous=NORMAL) for the duration, if the connection is above.
+
+    In WAL mode a NORMAL commit survives a process crash and never corrupts the database; a
+    power cut may only lose the most recent such commits, as a suffix: any later FULL commit
+    (every recorded write) fsyncs them too. Losing a lease, an ack or a retry time makes the
+    agent send an op again, which the protocol makes harmless (ops are idempotent by HLC);
+    losing a recorded write would not be, so `record` never uses this.
+    """
+    level = conn.execute("PRAGMA synchronous").fetchone()[0] if enabled else 0
+    if level <= 1:
+        yield
+        return
+    conn.execute("PRAGMA synchronous = NORMAL")
     try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise _translate(exc, database_path(conn)) from exc
+        yield
+    finally:
+        # PRAGMA takes no parameters; the level is an integer read back from SQLite.
+        conn.execute(f"PRAGMA synchronous = {int(level)}")
 
 
 def database_path(conn: sqlite3.Connection) -> str:

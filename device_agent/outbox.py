@@ -115,6 +115,10 @@ class Outbox:
     Bounded by `max_ops` and `max_bytes` (approximate wire size): a write that would pass
     either bound is refused with OutboxFull, never dropped. `now` is the wall clock in epoch
     seconds (injectable for tests). Leases left by a crashed process are recovered on open.
+
+    Durability: `record`, `record_many`, `restamp` and the quarantine moves are fsynced before
+    they return (an accepted write survives a power cut). Claims, acks and releases are not:
+    losing one only makes an op be sent again, which is harmless (see `db.transaction`).
     """
 
     def __init__(
@@ -168,34 +172,33 @@ class Outbox:
         if not writes:
             return []
         # Validate before taking the write lock, with a placeholder HLC of the real length.
-        placeholder = f"{0:013d}-00000-{self._state.device_id}"
+        placeholder = f"{0:013d}-00000-{self._state.node_hint}"
         drafts = [
             _validate(item, op_id, placeholder)
             for item, op_id in zip(writes, new_op_ids(len(writes)))
         ]
         now = self._now()
         with transaction(self._conn):
-            before = self._totals()
             stamps = self._state.stamp_many(len(drafts))
             ops = [
                 Op(d.op_id, d.collection, d.key, d.kind, hlc, d.data, d.priority)
                 for d, hlc in zip(drafts, stamps)
             ]
-            stored = store_ops(self._conn, ops, now)
-            self._check_bounds(before, self._totals())
+            stored, growth = store_ops(self._conn, ops, now)
+            self._check_bounds(growth)
         return stored
 
     def _totals(self) -> tuple[int, int]:
         row = self._conn.execute("SELECT SUM(ops), SUM(bytes) FROM outbox_totals").fetchone()
         return int(row[0] or 0), int(row[1] or 0)
 
-    def _check_bounds(self, before: tuple[int, int], after: tuple[int, int]) -> None:
-        """Refuse growth past a bound (shrinking or same-size coalescing is always allowed)."""
-        ops, size = after
-        if (ops > self.max_ops and ops > before[0]) or (size > self.max_bytes and size > before[1]):
+    def _check_bounds(self, growth: tuple[int, int]) -> None:
+        """Refuse growth past a bound; a write that does not grow the outbox always passes."""
+        ops, size = self._totals()
+        if (ops > self.max_ops and growth[0] > 0) or (size > self.max_bytes and growth[1] > 0):
             raise OutboxFull(
-                f"outbox full: {before[0]} ops / {before[1]} bytes stored, limits are "
-                f"{self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
+                f"outbox full: {ops - growth[0]} ops / {size - growth[1]} bytes stored, limits "
+                f"are {self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
                 "sync to drain the outbox (sync-agent sync), or raise the limits",
                 max_ops=self.max_ops,
                 max_bytes=self.max_bytes,
@@ -220,7 +223,7 @@ class Outbox:
         if limit < 1:
             return []
         at = self._now() if now is None else now
-        with transaction(self._conn):
+        with transaction(self._conn, durable=False):
             # Walks outbox_claim in (priority, seq) order and stops after `limit` matches.
             candidates = self._conn.execute(
                 "SELECT seq, size FROM outbox INDEXED BY outbox_claim "
@@ -253,7 +256,11 @@ class Outbox:
         return claimed
 
     def ack(self, op_ids: Iterable[str]) -> int:
-        """Remove ops the cloud has taken responsibility for; returns how many were removed."""
+        """Remove ops the cloud has taken responsibility for; returns how many were removed.
+
+        Like claims and releases, acks are committed without an fsync of their own: a power
+        cut may bring the last acked ops back, to be sent once more and answered `duplicate`.
+        """
         return self._each_chunk(
             op_ids, "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))", {}
         )
@@ -280,7 +287,7 @@ class Outbox:
     def _each_chunk(self, op_ids: Iterable[str], sql: str, extra: dict[str, Any]) -> int:
         ids = list(dict.fromkeys(op_ids))
         changed = 0
-        with transaction(self._conn):
+        with transaction(self._conn, durable=False):
             for start in range(0, len(ids), _CHUNK):
                 params = {"ids": json.dumps(ids[start : start + _CHUNK]), **extra}
                 changed += max(self._conn.execute(sql, params).rowcount, 0)
@@ -294,7 +301,7 @@ class Outbox:
         """
         now = self._now()
         recovered = 0
-        with transaction(self._conn):
+        with transaction(self._conn, durable=False):
             owners = [
                 row[0]
                 for row in self._conn.execute(
@@ -383,7 +390,6 @@ class Outbox:
         coalescing, since newer writes on its key may already have been sent.
         """
         with transaction(self._conn):
-            before = self._totals()
             cursor = self._conn.execute(
                 "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, "
                 "enqueued_at, claims) SELECT op_id, collection, key, kind, hlc, data, priority, "
@@ -392,8 +398,11 @@ class Outbox:
             )
             if cursor.rowcount != 1:
                 raise NotFound(f"op {op_id} is not quarantined; see `sync-agent quarantine list`")
+            size = self._conn.execute(
+                "SELECT size FROM quarantine WHERE op_id = :op_id", {"op_id": op_id}
+            ).fetchone()[0]
             self._conn.execute("DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id})
-            self._check_bounds(before, self._totals())
+            self._check_bounds((1, size))
         return self.get(op_id).op
 
     def drop_quarantined(self, op_id: str) -> None:
@@ -477,16 +486,21 @@ def _load(data: Optional[str]) -> Optional[JsonObject]:
     return None if data is None else json.loads(data)  # type: ignore[no-any-return]
 
 
+# Plain lookups: calling an Enum class per row costs more than the row's SQL on a Pi.
+_KINDS = {kind.value: kind for kind in OpKind}
+_PRIORITIES = {int(priority): priority for priority in Priority}
+
+
 def _op(row: Sequence[Any]) -> Op:
     """An Op from (op_id, collection, key, kind, hlc, data, priority)."""
     op_id, collection, key, kind, hlc, data, priority = row
-    return Op(op_id, collection, key, OpKind(kind), hlc, _load(data), Priority(priority))
+    return Op(op_id, collection, key, _KINDS[kind], hlc, _load(data), _PRIORITIES[priority])
 
 
 def _pending(row: Sequence[Any]) -> PendingOp:
-    return PendingOp(
-        op=_op(row[1:8]), seq=row[0], attempts=row[8], enqueued_at=row[9], last_error=row[10]
-    )
+    seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, error = row
+    op = Op(op_id, collection, key, _KINDS[kind], hlc, _load(data), _PRIORITIES[priority])
+    return PendingOp(op, seq, attempts, enqueued_at, error)
 
 
 def _owner_alive(owner: Optional[str]) -> bool:

@@ -21,7 +21,8 @@ from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
 WIRE_OVERHEAD = 160
 
 _NEWEST_PER_KEY = """
-    SELECT o.collection, o.key, o.seq, o.op_id, o.kind, o.hlc, o.data, o.priority, o.claims
+    SELECT o.collection, o.key, o.seq, o.op_id, o.kind, o.hlc, o.data, o.priority, o.claims,
+           o.size
       FROM json_each(:keys) AS k
       JOIN outbox AS o ON o.seq = (
            SELECT i.seq FROM outbox AS i
@@ -102,24 +103,30 @@ def new_op_ids(count: int) -> list[str]:
 class _Slot:
     """The newest op on one key while a batch is being stored."""
 
-    __slots__ = ("coalescable", "index", "op", "seq")
+    __slots__ = ("coalescable", "index", "op", "seq", "size")
 
-    def __init__(self, op: Op, *, seq: Optional[int], index: Optional[int], coalescable: bool):
+    def __init__(
+        self, op: Op, *, seq: Optional[int], index: Optional[int], coalescable: bool, size: int = 0
+    ):
         self.op = op
         self.seq = seq
         self.index = index
         self.coalescable = coalescable
+        self.size = size  # the stored size of an existing row (its share of the totals)
 
 
-def store_ops(conn: sqlite3.Connection, ops: Sequence[Op], now: float) -> list[Op]:
-    """Store stamped ops in the open transaction; returns each as it stands afterwards.
+def store_ops(
+    conn: sqlite3.Connection, ops: Sequence[Op], now: float
+) -> tuple[list[Op], tuple[int, int]]:
+    """Store stamped ops in the open transaction.
 
-    Ops are taken in order, each coalesced into the newest op on its key when allowed, so a
-    batch gives exactly what recording its ops one by one would.
+    Returns each op as it stands afterwards, and how much the outbox grew (ops, bytes). Ops
+    are taken in order, each coalesced into the newest op on its key when allowed, so a batch
+    gives exactly what recording its ops one by one would.
     """
     slots = _newest_ops(conn, {(op.collection, op.key) for op in ops})
     inserts: list[Op] = []
-    updates: dict[int, Op] = {}
+    updates: dict[int, tuple[Op, int]] = {}
     stored: list[Op] = []
     for op in ops:
         slot = slots.get((op.collection, op.key))
@@ -131,7 +138,7 @@ def store_ops(conn: sqlite3.Connection, ops: Sequence[Op], now: float) -> list[O
             if slot.index is not None:
                 inserts[slot.index] = merged
             elif slot.seq is not None:
-                updates[slot.seq] = merged
+                updates[slot.seq] = (merged, slot.size)
             stored.append(merged)
             continue
         inserts.append(op)
@@ -139,11 +146,16 @@ def store_ops(conn: sqlite3.Connection, ops: Sequence[Op], now: float) -> list[O
             op, seq=None, index=len(inserts) - 1, coalescable=True
         )
         stored.append(op)
+    grown = 0
     if updates:
-        conn.executemany(_UPDATE, [_params(op, seq=seq) for seq, op in updates.items()])
+        rows = [_params(op, seq=seq) for seq, (op, _) in updates.items()]
+        grown += sum(size for _, size in rows) - sum(old for _, old in updates.values())
+        conn.executemany(_UPDATE, [row for row, _ in rows])
     if inserts:
-        conn.executemany(_INSERT, [_params(op, now=now) for op in inserts])
-    return stored
+        rows = [_params(op, now=now) for op in inserts]
+        grown += sum(size for _, size in rows)
+        conn.executemany(_INSERT, [row for row, _ in rows])
+    return stored, (len(inserts), grown)
 
 
 def _newest_ops(
@@ -151,7 +163,7 @@ def _newest_ops(
 ) -> dict[tuple[str, str], _Slot]:
     rows = conn.execute(_NEWEST_PER_KEY, {"keys": json.dumps(sorted(keys))}).fetchall()
     slots = {}
-    for collection, key, seq, op_id, kind, hlc, data, priority, claims in rows:
+    for collection, key, seq, op_id, kind, hlc, data, priority, claims, size in rows:
         op = Op(
             op_id,
             collection,
@@ -161,11 +173,15 @@ def _newest_ops(
             None if data is None else json.loads(data),
             Priority(priority),
         )
-        slots[(collection, key)] = _Slot(op, seq=seq, index=None, coalescable=claims == 0)
+        slots[(collection, key)] = _Slot(
+            op, seq=seq, index=None, coalescable=claims == 0, size=size
+        )
     return slots
 
 
-def _params(op: Op, *, seq: Optional[int] = None, now: Optional[float] = None) -> dict[str, object]:
+def _params(
+    op: Op, *, seq: Optional[int] = None, now: Optional[float] = None
+) -> tuple[dict[str, object], int]:
     data, size = encode(op)
     params: dict[str, object] = {
         "op_id": op.op_id,
@@ -181,4 +197,4 @@ def _params(op: Op, *, seq: Optional[int] = None, now: Optional[float] = None) -
         params["seq"] = seq
     if now is not None:
         params["now"] = now
-    return params
+    return params, size

@@ -74,6 +74,7 @@ class AgentState:
     ) -> None:
         self._conn = conn
         self._now_ms = now_ms
+        self._node_hint: Optional[str] = None
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -104,7 +105,21 @@ class AgentState:
             self._put("settings", raw)
             if device_id is not None:
                 self._put("device_id", device_id)
+                clock = self._get("clock")
+                if clock and clock.get("last"):
+                    # The clock row carries the node id that stamps use: keep it in step.
+                    when = parse_hlc(clock["last"])
+                    clock["last"] = format_hlc(when.physical_ms, when.logical, device_id)
+                    self._put("clock", clock)
+        self._node_hint = None
         return self.settings()
+
+    @property
+    def node_hint(self) -> str:
+        """The device id as last seen by this object (no database read; for sizing only)."""
+        if self._node_hint is None:
+            self._node_hint = self.device_id
+        return self._node_hint
 
     @property
     def device_id(self) -> str:
@@ -179,7 +194,9 @@ class AgentState:
             correction = int(raw.get("correction_ms", 0))
         shift = correction
         last = raw.get("last") or None
-        clock = HybridLogicalClock(self.device_id, last=last, now_ms=lambda: self._now_ms() + shift)
+        # The persisted last stamp names the node (kept in step by update_settings): one read.
+        node = last.split("-", 2)[2] if last else self.device_id
+        clock = HybridLogicalClock(node, last=last, now_ms=lambda: self._now_ms() + shift)
         return clock, correction
 
     def _save_clock(self, last: str, correction: int) -> None:
@@ -211,7 +228,8 @@ class AgentState:
         unknown = sorted(set(changes) - _STATS_FIELDS)
         if unknown:
             raise TypeError(f"unknown sync statistics {unknown}: known are {sorted(_STATS_FIELDS)}")
-        with transaction(self._conn):
+        # Statistics are informational: not worth an fsync per update.
+        with transaction(self._conn, durable=False):
             return self._update_stats(changes)
 
     def _update_stats(self, changes: dict[str, Any]) -> SyncStats:

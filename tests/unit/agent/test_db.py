@@ -131,3 +131,26 @@ def test_integrity_errors_are_not_disguised_as_database_errors(tmp_path):
 
     with pytest.raises(sqlite3.IntegrityError), transaction(conn):
         conn.execute("INSERT INTO kv (name, value) VALUES ('x', NULL)")
+
+
+def test_a_relaxed_transaction_commits_and_restores_full_sync(tmp_path):
+    # Given a connection with synchronous=FULL
+    conn = open_database(tmp_path / "agent.db")
+    seen = []
+    # When a soft-state transaction runs (leases, acks)
+    with transaction(conn, durable=False):
+        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+        conn.execute("INSERT INTO kv (name, value) VALUES ('lease', '1')")
+    # Then it ran without per-commit fsync (NORMAL = 1) and FULL is back afterwards
+    assert seen == [1]
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert conn.execute("SELECT value FROM kv WHERE name = 'lease'").fetchone() == ("1",)
+
+
+def test_a_relaxed_transaction_never_raises_a_lower_setting(tmp_path):
+    conn = open_database(tmp_path / "agent.db", synchronous="OFF")
+
+    with transaction(conn, durable=False):
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 0
+
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 0

@@ -218,6 +218,18 @@ def test_a_full_outbox_still_accepts_a_write_coalesced_into_a_pending_op(tmp_pat
     assert op.data == {"v": "b", "extra": 1}
 
 
+def test_a_quarantined_op_is_not_retried_into_a_full_outbox(tmp_path):
+    store = open_store(tmp_path / "agent.db", max_ops=1)
+    op_id = put(store, "a")
+    store.outbox.quarantine(op_id, "invalid_op", "bad")
+    put(store, "b")
+
+    with pytest.raises(OutboxFull):
+        store.outbox.retry_quarantined(op_id)
+
+    assert [entry.op.op_id for entry in store.outbox.quarantined()] == [op_id]
+
+
 def test_acked_ops_make_room_again(tmp_path):
     store = open_store(tmp_path / "agent.db", max_ops=1)
     put(store, "a")

@@ -34,6 +34,20 @@ def test_settings_update_only_what_is_given(tmp_path):
     assert state.settings().device_id == "pi-7"
 
 
+def test_stamps_follow_a_changed_device_id_in_every_process(tmp_path):
+    writer = open_store(tmp_path / "a.db", now_ms=lambda: NOW_MS).state
+    before = writer.stamp()
+
+    open_store(tmp_path / "a.db").state.update_settings(device_id="pi-8")
+    after = writer.stamp()
+
+    assert parse_hlc(after).node == "pi-8"
+    assert (parse_hlc(after).physical_ms, parse_hlc(after).logical) > (
+        parse_hlc(before).physical_ms,
+        parse_hlc(before).logical,
+    )
+
+
 def test_an_invalid_device_id_is_refused(tmp_path):
     with pytest.raises(ValueError, match="node id"):
         open_store(tmp_path / "a.db").state.update_settings(device_id="has space")

@@ -1,0 +1,1 @@
+"""FieldSync benchmarks: each module measures one concern side by side with its peers."""

@@ -1,0 +1,374 @@
+"""The outbox side by side with persist-queue, litequeue and a raw sqlite3 baseline.
+
+    python -m bench.outbox            # full run (20,000 ops; a 1,000,000-op backlog), minutes
+    python -m bench.outbox --quick    # smoke run with small sizes (not for quoting)
+
+Every subject runs in its own child process (so its peak RSS is its own) on a fresh file in
+one temporary directory, with WAL and synchronous=FULL. Each uses its natural API: the outbox
+records one write per transaction or a batch per transaction and drains with claim(100) +
+ack (two transactions per 100 ops); persist-queue's SQLiteAckQueue commits every put, get
+and ack (it refuses auto_commit=False); litequeue commits every put (or a batch inside its
+transaction()), and every pop and done. The raw baseline is one INSERT per transaction (the
+fsync limit), executemany for batches, and DELETE ... RETURNING of 100 rows per transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+PAYLOAD = {"currency": "BTC", "theme": "dark", "note": "x" * 48}
+BATCH = 1_000
+DRAIN_BATCH = 100
+SUBJECTS = ("raw sqlite3", "fieldsync outbox", "persist-queue", "litequeue")
+
+
+def sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"single": 300, "batch": 2_000, "drain": 2_000, "peer_drain": 300, "backlog": 50_000}
+    return {
+        "single": 20_000,
+        "batch": 20_000,
+        "drain": 20_000,
+        "peer_drain": 2_000,
+        "backlog": 1_000_000,
+    }
+
+
+# --- the subjects (each runs in a child process) ---------------------------------------------
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def _timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _raw(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    def connect(name: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(folder / name, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE q (seq INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+        return conn
+
+    text = json.dumps(PAYLOAD)
+    batched = connect("batch.db")
+
+    def in_batches() -> None:
+        for _ in range(0, size["batch"], BATCH):
+            batched.execute("BEGIN IMMEDIATE")
+            batched.executemany("INSERT INTO q (data) VALUES (:d)", [{"d": text}] * BATCH)
+            batched.execute("COMMIT")
+
+    def drain() -> None:
+        while True:
+            batched.execute("BEGIN IMMEDIATE")
+            rows = batched.execute(
+                "DELETE FROM q WHERE seq IN (SELECT seq FROM q ORDER BY seq LIMIT :n) "
+                "RETURNING seq, data",
+                {"n": DRAIN_BATCH},
+            ).fetchall()
+            batched.execute("COMMIT")
+            if not rows:
+                return
+
+    return {
+        "batch_ops_s": _rate(size["batch"], _timed(in_batches)),
+        "drain_ops_s": _rate(size["batch"], _timed(drain)),
+    }
+
+
+def _fieldsync(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    from device_agent.db import open_database
+    from device_agent.outbox import Outbox
+    from device_agent.state import AgentState
+
+    def fresh(name: str) -> Outbox:
+        conn = open_database(folder / name, synchronous="FULL")
+        return Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40)
+
+    batched = fresh("batch.db")
+
+    def in_batches() -> None:
+        for start in range(0, size["batch"], BATCH):
+            batched.record_many(
+                [("bench", f"k{i}", "put", PAYLOAD) for i in range(start, start + BATCH)]
+            )
+
+    return {
+        "batch_ops_s": _rate(size["batch"], _timed(in_batches)),
+        "drain_ops_s": _rate(size["batch"], _timed(lambda: _drain_outbox(batched))),
+    }
+
+
+def _drain_outbox(outbox: Any, limit: int = 0) -> int:
+    drained = 0
+    while not limit or drained < limit:
+        batch = outbox.claim(limit=DRAIN_BATCH)
+        if not batch:
+            break
+        outbox.ack([pending.op.op_id for pending in batch])
+        drained += len(batch)
+    return drained
+
+
+def _persist_queue(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    from persistqueue import SQLiteAckQueue
+    from persistqueue.serializers import json as json_serializer
+
+    def fresh(name: str) -> Any:
+        queue = SQLiteAckQueue(str(folder / name), serializer=json_serializer)
+        queue._conn.execute("PRAGMA synchronous = FULL")
+        return queue
+
+    queue = fresh("drain")
+    for _ in range(size["peer_drain"]):
+        queue.put(PAYLOAD)
+
+    def drain() -> None:
+        for _ in range(size["peer_drain"]):
+            queue.ack(queue.get(block=False))
+
+    # No batch API: every put commits, so it has no batched figure.
+    return {"drain_ops_s": _rate(size["peer_drain"], _timed(drain))}
+
+
+def _litequeue(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    from litequeue import LiteQueue
+
+    def fresh(name: str) -> Any:
+        queue = LiteQueue(folder / name)
+        queue.conn.execute("PRAGMA synchronous = FULL")
+        return queue
+
+    text = json.dumps(PAYLOAD)
+    batched = fresh("batch.db")
+
+    def in_batches() -> None:
+        for _ in range(0, size["batch"], BATCH):
+            with batched.transaction(mode="IMMEDIATE"):
+                for _ in range(BATCH):
+                    batched.put(text)
+
+    def drain() -> None:
+        for _ in range(size["peer_drain"]):
+            message = batched.pop()
+            batched.done(message.message_id, claim_id=message.claim_id)
+
+    return {
+        "batch_ops_s": _rate(size["batch"], _timed(in_batches)),
+        "drain_ops_s": _rate(size["peer_drain"], _timed(drain)),
+    }
+
+
+def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    """Durable single enqueues, all subjects interleaved in rounds so that they share the
+    disk's mood (fsync latency drifts with other load); ops/s per subject."""
+    from litequeue import LiteQueue
+    from persistqueue import SQLiteAckQueue
+    from persistqueue.serializers import json as json_serializer
+
+    from device_agent.db import open_database
+    from device_agent.outbox import Outbox
+    from device_agent.state import AgentState
+
+    text = json.dumps(PAYLOAD)
+    raw = sqlite3.connect(folder / "raw.db", isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("PRAGMA synchronous = FULL")
+    raw.execute("CREATE TABLE q (seq INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+    conn = open_database(folder / "outbox.db", synchronous="FULL")
+    outbox = Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40)
+    pq = SQLiteAckQueue(str(folder / "pq"), serializer=json_serializer)
+    pq._conn.execute("PRAGMA synchronous = FULL")
+    lq = LiteQueue(folder / "lq.db")
+    lq.conn.execute("PRAGMA synchronous = FULL")
+    counter = iter(range(10**9))
+
+    def raw_put() -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("INSERT INTO q (data) VALUES (:d)", {"d": text})
+        raw.execute("COMMIT")
+
+    puts: dict[str, Callable[[], Any]] = {
+        "raw sqlite3": raw_put,
+        "fieldsync outbox": lambda: outbox.record("bench", f"k{next(counter)}", "put", PAYLOAD),
+        "persist-queue": lambda: pq.put(PAYLOAD),
+        "litequeue": lambda: lq.put(text),
+    }
+    rounds = 10
+    per_round = max(1, size["single"] // rounds)
+    spent = dict.fromkeys(puts, 0.0)
+    names = list(puts)
+    for round_no in range(rounds):
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+            put = puts[name]
+            began = time.perf_counter()
+            for _ in range(per_round):
+                put()
+            spent[name] += time.perf_counter() - began
+    return {name: _rate(per_round * rounds, seconds) for name, seconds in spent.items()}
+
+
+def _backlog(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    """The outbox with a large backlog: build rate, claim latency, drain speed vs 1k."""
+    from device_agent.db import open_database
+    from device_agent.outbox import Outbox
+    from device_agent.state import AgentState
+
+    conn = open_database(folder / "backlog.db", synchronous="FULL")
+    outbox = Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40)
+    chunk = 5_000
+    started = time.perf_counter()
+    for start in range(0, size["backlog"], chunk):
+        outbox.record_many(
+            [
+                ("bench", f"k{i}", "put", PAYLOAD, i % 5)
+                for i in range(start, min(start + chunk, size["backlog"]))
+            ]
+        )
+    build_s = time.perf_counter() - started
+    claims: list[float] = []
+    for _ in range(200):
+        began = time.perf_counter()
+        batch = outbox.claim(limit=DRAIN_BATCH)
+        claims.append(time.perf_counter() - began)
+        outbox.release_unattempted([pending.op.op_id for pending in batch])
+    query = _claim_query_ms(conn)
+    drained_big = size["drain"]
+    big_s = _timed(lambda: _drain_outbox(outbox, drained_big))
+
+    small_conn = open_database(folder / "small.db", synchronous="FULL")
+    small = Outbox(small_conn, AgentState(small_conn))
+    small_s = 0.0
+    for _ in range(size["drain"] // 1_000):
+        small.record_many([("bench", f"k{i}", "put", PAYLOAD, i % 5) for i in range(1_000)])
+        small_s += _timed(lambda: _drain_outbox(small))
+    claims.sort()
+    return {
+        "backlog_ops": size["backlog"],
+        "backlog_build_ops_s": _rate(size["backlog"], build_s),
+        "claim_ms_median": 1000 * statistics.median(claims),
+        "claim_ms_p99": 1000 * claims[int(len(claims) * 0.99) - 1],
+        "claim_query_ms_median": query,
+        "drain_1m_ops_s": _rate(drained_big, big_s),
+        "drain_1k_ops_s": _rate(size["drain"], small_s),
+    }
+
+
+def _claim_query_ms(conn: sqlite3.Connection) -> float:
+    """The claim's candidate query alone (no write, no fsync), median of 200."""
+    times = []
+    for _ in range(200):
+        began = time.perf_counter()
+        conn.execute(
+            "SELECT seq, size FROM outbox INDEXED BY outbox_claim WHERE next_attempt_at <= :now "
+            "AND (lease_until IS NULL OR lease_until <= :now) ORDER BY priority, seq LIMIT 100",
+            {"now": time.time()},
+        ).fetchall()
+        times.append(time.perf_counter() - began)
+    return 1000 * statistics.median(times)
+
+
+CHILDREN: dict[str, Callable[[Path, dict[str, int]], dict[str, float]]] = {
+    "raw sqlite3": _raw,
+    "fieldsync outbox": _fieldsync,
+    "persist-queue": _persist_queue,
+    "litequeue": _litequeue,
+    "backlog": _backlog,
+    "single": _single,
+}
+
+
+def _child(subject: str, quick: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-outbox-") as folder:
+        result: dict[str, Any] = dict(CHILDREN[subject](Path(folder), sizes(quick)))
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["peak_rss_mib"] = peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    print(json.dumps(result))
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+def _measure(subject: str, quick: bool) -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-m", "bench.outbox", "--child", subject]
+    if quick:
+        args.append("--quick")
+    done = subprocess.run(
+        args,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{subject} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure every subject and the outbox backlog; JSON-serialisable results."""
+    started = time.perf_counter()
+    single = _measure("single", quick)
+    subjects = {name: _measure(name, quick) for name in SUBJECTS}
+    for name in SUBJECTS:
+        subjects[name]["single_ops_s"] = single[name]
+    backlog = _measure("backlog", quick)
+    return {
+        "quick": quick,
+        "sizes": sizes(quick),
+        "sqlite": sqlite3.sqlite_version,
+        "python": sys.version.split()[0],
+        "versions": {
+            "persist-queue": _version("persist-queue"),
+            "litequeue": _version("litequeue"),
+        },
+        "subjects": subjects,
+        "backlog": backlog,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.quick)
+        return
+    results = run(args.quick)
+    from bench.outbox_report import render_text
+
+    print(render_text(results, " ".join(["python -m bench.outbox", *sys.argv[1:]])))
+
+
+if __name__ == "__main__":
+    main()
