@@ -66,7 +66,7 @@ $(VENV_SAM)/.installed: requirements/sam.lock
 	@touch $@
 
 sam-build: $(VENV_SAM)/.installed
-	PATH="$(dir $(PYTHON313)):$$PATH" $(VENV_SAM)/bin/sam build --cached --parallel
+	PATH="$(dir $(PYTHON313)):$$PATH" SAM_CLI_TELEMETRY=0 $(VENV_SAM)/bin/sam build --cached --parallel
 
 clean:
 	rm -rf $(VENV) $(VENV39) $(VENV_SAM) .aws-sam .mypy_cache .pytest_cache .ruff_cache

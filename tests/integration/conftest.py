@@ -34,26 +34,49 @@ TEMPLATE = load_template()
 SETTLE_MS = 100
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials and region; no endpoint override (moto runs in-process)."""
-    for name in (
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_ENDPOINT_URL_SQS",
-        "DYNAMODB_ENDPOINT_URL",
-        "AWS_PROFILE",
-        "CONFLICT_STRATEGIES",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "FieldSyncTest")
-    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "fieldsync")
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "FieldSyncTest",
+    "POWERTOOLS_SERVICE_NAME": "fieldsync",
+}
+# Never talk to a real or local endpoint from these tests: moto runs in-process.
+UNSET_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SQS",
+    "DYNAMODB_ENDPOINT_URL",
+    "AWS_PROFILE",
+    "CONFLICT_STRATEGIES",
+)
+
+
+RECREATED_ATTRIBUTES = {
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "RedrivePolicy",
+    "SqsManagedSseEnabled",
+}
+
+
+@pytest.fixture(scope="module")
+def aws_stack() -> Iterator[Stack]:
+    """moto started before any client exists, and the template's resources, once per module."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in UNSET_ENV:
+            patch.delenv(name, raising=False)
+        for name, value in FAKE_AWS_ENV.items():
+            patch.setenv(name, value)
+        reset_models()
+        reset_clients()
+        with mock_aws():
+            yield build_stack(TEMPLATE)
+        reset_models()
+        reset_clients()
 
 
 @dataclass
@@ -192,18 +215,40 @@ def batch_event(body: str, tenant: str, device: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cloud(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
-    reset_models()
-    reset_clients()
-    with mock_aws():
-        stack = build_stack(TEMPLATE)
-        for name, value in stack.env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("CHANGES_SETTLE_MS", str(SETTLE_MS))
-        monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
-        yield Cloud(stack)
-    reset_models()
-    reset_clients()
+def cloud(aws_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    """The functions' environment from the template, over tables emptied after each test."""
+    for name in UNSET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**FAKE_AWS_ENV, **aws_stack.env}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CHANGES_SETTLE_MS", str(SETTLE_MS))
+    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+    yield Cloud(aws_stack)
+    wipe(aws_stack)
+
+
+def wipe(stack: Stack) -> None:
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    for table in stack.tables.values():
+        keys = [
+            schema["AttributeName"]
+            for schema in dynamodb.describe_table(TableName=table)["Table"]["KeySchema"]
+        ]
+        for page in dynamodb.get_paginator("scan").paginate(TableName=table):
+            for item in page["Items"]:
+                dynamodb.delete_item(TableName=table, Key={k: item[k] for k in keys})
+    # PurgeQueue is rate-limited and leaves in-flight messages: recreate the queues instead
+    # (same names, same attributes), dead-letter queues first.
+    sqs = boto3.client("sqs", region_name=REGION)
+    saved = {
+        url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        for url in stack.queues.values()
+    }
+    for url in saved:
+        sqs.delete_queue(QueueUrl=url)
+    for url, attributes in sorted(saved.items(), key=lambda kv: "RedrivePolicy" in kv[1]):
+        keep = {k: v for k, v in attributes.items() if k in RECREATED_ATTRIBUTES}
+        sqs.create_queue(QueueName=url.rsplit("/", 1)[1], Attributes=keep)
 
 
 def settle() -> None:
