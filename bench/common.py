@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -166,6 +167,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 # -- a counting, black-holing TCP proxy ------------------------------------------------------
 
 
+_REQUEST_LINE_END = b" HTTP/1.1\r\n"
+
+
 class CountingProxy:
     """A TCP proxy on 127.0.0.1 that counts bytes each way and can black-hole the link.
 
@@ -198,6 +202,7 @@ class CountingProxy:
         self.bytes_up = 0  # client -> server
         self.bytes_down = 0  # server -> client
         self.connections = 0
+        self.requests = 0  # HTTP/1.1 request lines seen client -> server
         self.restored_at: Optional[float] = None
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
@@ -212,7 +217,7 @@ class CountingProxy:
 
     def reset_counters(self) -> None:
         with self._lock:
-            self.bytes_up = self.bytes_down = self.connections = 0
+            self.bytes_up = self.bytes_down = self.connections = self.requests = 0
 
     def blackhole(self) -> None:
         with self._lock:
@@ -300,6 +305,7 @@ class CountingProxy:
 
     def _pump(self, client: socket.socket, upstream: socket.socket, epoch: int) -> None:
         peers = {client: upstream, upstream: client}
+        tail = b""  # the end of the previous chunk, so a request line split in two counts
         while not self._stop.is_set():
             if self._abandoned(epoch):
                 # Black-holed: swallow everything until the client gives up, never answer.
@@ -315,6 +321,11 @@ class CountingProxy:
                 with self._lock:
                     if sock is client:
                         self.bytes_up += len(data)
+                        window = tail + data
+                        self.requests += window.count(_REQUEST_LINE_END) - tail.count(
+                            _REQUEST_LINE_END
+                        )
+                        tail = window[-16:]
                     else:
                         self.bytes_down += len(data)
                 peers[sock].sendall(data)
@@ -328,12 +339,14 @@ class CountingProxy:
 
 
 @contextlib.contextmanager
-def process(args: Sequence[str], *, env: Optional[dict[str, str]] = None) -> Iterator[Any]:
+def process(
+    args: Sequence[str], *, env: Optional[dict[str, str]] = None, stderr: Any = subprocess.PIPE
+) -> Iterator[Any]:
     """A subprocess that is always terminated (by its own pid) when the block ends."""
     proc = subprocess.Popen(
         list(args),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=env,
         cwd=ROOT,
@@ -349,3 +362,62 @@ def process(args: Sequence[str], *, env: Optional[dict[str, str]] = None) -> Ite
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+# -- the local cloud --------------------------------------------------------------------------
+
+
+@dataclass
+class LocalStack:
+    """A running `sync-local serve` subprocess: its endpoint, dev token and moto resources."""
+
+    proc: Any
+    endpoint: str
+    token: str
+    resources: dict[str, Any]
+
+    def register(self, tenant: str, device: str) -> str:
+        """A new device token, through sync-local's own registration route."""
+        import requests
+
+        answer = requests.post(
+            self.endpoint + "/_local/devices",
+            json={"tenant": tenant, "device": device},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        return str(answer.json()["token"])
+
+
+@contextlib.contextmanager
+def local_stack(
+    *extra: str, env: Optional[dict[str, str]] = None, timeout: float = 90.0
+) -> Iterator[LocalStack]:
+    """Start `sync-local serve --port 0` (the real embedded cloud) and stop it afterwards."""
+    import requests
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    args = [PYTHON, "-m", "local.cli", "serve", "--port", "0", *extra]
+    # stderr to a file: a pipe nobody reads could fill up and block the server.
+    with tempfile.TemporaryFile(mode="w+") as log, process(args, env=full_env, stderr=log) as proc:
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+        )
+        reader.start()
+        end = time.monotonic() + timeout
+        endpoint = token = ""
+        while time.monotonic() < end and not (endpoint and token):
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"sync-local exited: {log.read()[-800:]}")
+            for line in list(lines):
+                if line.startswith("endpoint:"):
+                    endpoint = line.split(":", 1)[1].strip()
+                elif line.startswith("token:"):
+                    token = line.split(":", 1)[1].strip()
+            time.sleep(0.1)
+        if not (endpoint and token):
+            raise RuntimeError(f"sync-local did not start within {timeout:g} s")
+        resources = requests.get(endpoint + "/_local/resources", timeout=30).json()
+        yield LocalStack(proc, endpoint, token, resources)
