@@ -107,7 +107,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     db = getattr(args, "db", None) or _default_db()
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "run" else 30,
+        level=logging.DEBUG
+        if args.verbose
+        else logging.INFO
+        if args.command == "run"
+        else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )

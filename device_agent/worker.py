@@ -78,6 +78,7 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.rounds = 0
+        self.loops = 0  # loop iterations: an idle or offline worker must not spin
         # The schedule (monotonic seconds), reset at the start of every run.
         self._next_pull = self._next_attempt = self._next_probe = 0.0
         self._failures = self._probes_failed = 0
@@ -129,6 +130,7 @@ class Worker:
         self._version = _data_version(agent)
         self._work_known = True
         while not self._stop.is_set():
+            self.loops += 1
             try:
                 engine = agent.engine()  # rebuilt (and auth cleared) when settings change
             except NotConfigured as exc:
@@ -163,7 +165,7 @@ class Worker:
                 self._next_pull = min(self._next_pull, self._next_attempt)
                 self._work_known = True
                 log.info("reconnected sync_in_s=%.2f", jitter)
-        self._wait_until(min(self._next_probe, self._next_attempt))
+        self._wait_until(self._next_probe)
 
     def _online_step(self, agent: Agent, engine: SyncEngine) -> Optional[str]:
         """Run a round if one is due (work in the outbox, or a pull), else wait a poll."""
@@ -173,11 +175,11 @@ class Worker:
             self._version, self._work_known = fresh, True
         pull_due = now >= self._next_pull
         push_due = self._work_known and agent.outbox.depth() > 0
-        if now < self._next_attempt or not (push_due or pull_due):
-            wake_at = self._next_pull
-            if self._next_attempt > now:
-                wake_at = min(wake_at, self._next_attempt)
-            self._wait_until(wake_at)
+        if now < self._next_attempt:
+            self._wait_until(self._next_attempt)  # backing off, or the reconnect jitter
+            return None
+        if not (push_due or pull_due):
+            self._wait_until(self._next_pull)
             return None
         summary = engine.round(deadline=now + self.round_timeout_s, pull=pull_due)
         self.rounds += 1

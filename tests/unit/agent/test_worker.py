@@ -239,3 +239,30 @@ def test_a_refused_token_stops_retries_until_a_new_token_is_set(
     finally:
         worker.stop()
         thread.join(5)
+
+
+@pytest.mark.parametrize("fault", ["offline", "failing"])
+def test_an_offline_or_backing_off_worker_sleeps_instead_of_spinning(
+    db: Path, server: ProtocolServer, fault: str
+) -> None:
+    def configure(transport: FaultTransport) -> None:
+        if fault == "offline":
+            transport.set_offline()
+        else:
+            transport.fail_next(100, ServerError(500, "down"), calls=["push", "pull"])
+
+    with Agent.open(db) as app:
+        app.put("prefs", "u1", {"a": 1})
+    worker = Worker(
+        db,
+        poll_interval_s=0.05,
+        probe_backoff=ConstantBackoff(0.5),
+        retry_policy=RetryPolicy(ConstantBackoff(0.5)),
+        agent_options={"transport_factory": Faulty(configure)},
+    )
+    thread = start(worker)
+    time.sleep(1.0)
+    worker.stop()
+    thread.join(5)
+    # About one iteration per poll interval (20 in 1 s), not thousands
+    assert 2 <= worker.loops <= 40
