@@ -197,12 +197,14 @@ class SyncEngine:
         """Send the claimed ops, splitting on 413/400; every claimed op ends acked,
         quarantined or released, whatever happens."""
         work: list[list[PendingOp]] = [claimed]
+        lone_failures, accepted = 0, False
         try:
             while work:
                 batch = work.pop()
                 outcome = self.transport.push(new_batch_id(), [p.op for p in batch])
                 self._observe(outcome, summary)
                 if isinstance(outcome, Accepted):
+                    accepted = True
                     self._settle(batch, outcome.response, summary)
                 elif isinstance(outcome, (TooLarge, BadRequest)) and len(batch) > 1:
                     # Halve on 413; bisect on 400 until the bad op stands alone.
@@ -210,7 +212,14 @@ class SyncEngine:
                     work += [batch[middle:], batch[:middle]]
                     if isinstance(outcome, TooLarge):
                         self._shrink(len(batch), outcome)
+                elif isinstance(outcome, BadRequest) and lone_failures >= 3 and not accepted:
+                    # Every op alone is refused and none got through: the request itself is
+                    # wrong (an envelope bug, a proxy), not the ops. Do not quarantine the
+                    # whole outbox one op at a time; back off and let a human look.
+                    self._release(batch, describe(outcome), attempted=True)
+                    raise Stop(outcome)
                 elif isinstance(outcome, (TooLarge, BadRequest)):
+                    lone_failures += 1
                     code = ErrorCode.TOO_LARGE if isinstance(outcome, TooLarge) else outcome.code
                     self._quarantine(batch[0], str(getattr(code, "value", code)), outcome.message)
                     summary.quarantined += 1

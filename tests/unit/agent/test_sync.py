@@ -215,6 +215,21 @@ def test_400_bisects_the_batch_and_quarantines_only_the_bad_op(
     assert len(server.requests_to("/v1/batches")) <= 7
 
 
+def test_a_400_for_every_request_does_not_quarantine_the_whole_outbox(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a cloud (or a proxy) that answers 400 to any batch, whatever is in it
+    agent = rig.agent(sync_config=SyncConfig(batch_ops=8), max_attempts=1)
+    for n in range(8):
+        agent.put("prefs", f"k{n}", {"n": n})
+    server.fail_next(400, times=100, path="/v1/batches")
+    summary = agent.sync(timeout=10)
+    # Then bisection gives up after a few lone refusals: the rest wait, not quarantined
+    assert summary.stopped_by == "bad_request" and not summary.synced
+    assert summary.quarantined <= 3
+    assert agent.status()["pending"] == 8 - summary.quarantined
+
+
 def test_auth_failure_stops_retrying_and_shows_in_status(rig: Rig, server: ProtocolServer) -> None:
     agent = rig.agent()
     agent.put("prefs", "u1", {"a": 1})
