@@ -57,7 +57,7 @@ class SyncConfig:
     pull_limit: int = 500
     lease_s: float = 120.0
     max_restamps: int = 3
-    restamp_retry_s: float = 60.0
+    defer_s: float = 60.0  # how long an op the cloud did not settle waits before a resend
 
     def __post_init__(self) -> None:
         self.batch_ops = max(1, min(self.batch_ops, limits.MAX_OPS_PER_BATCH))
@@ -275,7 +275,14 @@ class SyncEngine:
             for op_id in acks:
                 self._restamps.pop(op_id, None)
             if missing:
-                self._release(missing, "the cloud sent no result for this op", attempted=True)
+                # Not answered: resend later, not within this round (no tight loop on a
+                # server that keeps leaving it out).
+                self.outbox.release(
+                    [p.op.op_id for p in missing],
+                    error="the cloud sent no result for this op",
+                    retry_at=self._wall() + self.config.defer_s,
+                )
+                summary.deferred += len(missing)
         if ahead:
             self._restamp(ahead, response, summary)
 
@@ -308,7 +315,7 @@ class SyncEngine:
                 self.outbox.release(
                     [p.op.op_id for p in give_up],
                     error="clock_ahead after re-stamping",
-                    retry_at=self._wall() + self.config.restamp_retry_s,
+                    retry_at=self._wall() + self.config.defer_s,
                 )
         log.warning(
             "clock ahead of the cloud restamped=%d deferred=%d server_time=%s",

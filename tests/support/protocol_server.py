@@ -77,6 +77,7 @@ class ProtocolServer:
         self._drops = 0
         self._poison: set[str] = set()
         self._forced: dict[str, tuple[OpStatus, Optional[ErrorCode]]] = {}
+        self._omitted: set[str] = set()
         self._lock = threading.RLock()
         self._clock = HybridLogicalClock("server", now_ms=lambda: self.now_ms())  # noqa: PLW0108 (now_ms is swappable)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -124,6 +125,11 @@ class ProtocolServer:
     def force(self, op_id: str, status: str, code: Optional[str] = None) -> None:
         with self._lock:
             self._forced[op_id] = (OpStatus(status), ErrorCode(code) if code else None)
+
+    def omit(self, op_id: str) -> None:
+        """Leave this op's result out of every answer (a broken server)."""
+        with self._lock:
+            self._omitted.add(op_id)
 
     def expire_cursors(self) -> None:
         with self._lock:
@@ -186,6 +192,7 @@ class ProtocolServer:
             item.to_result() if isinstance(item, RejectedOp) else self._apply(item)
             for item in parsed.items
         ]
+        results = [result for result in results if result.op_id not in self._omitted]
         response = BatchResponse(parsed.batch_id, self._clock.send(), results)
         return 200, response.to_wire()
 

@@ -164,6 +164,20 @@ def test_a_rejected_op_is_quarantined_and_does_not_hold_back_the_others(
     assert agent.status()["quarantined"] == 1 and agent.status()["pending"] == 0
 
 
+def test_an_op_the_cloud_leaves_unanswered_is_kept_and_resent_later_not_in_a_loop(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent(max_attempts=1)
+    unanswered = agent.put("prefs", "a", {"n": 1})
+    answered = agent.put("prefs", "b", {"n": 2})
+    server.omit(unanswered)
+    summary = agent.sync(timeout=10)
+    assert summary.deferred == 1 and summary.applied == 1 and not summary.synced
+    assert server.applied[answered] == 1
+    assert [op.op_id for op in server.arrivals].count(unanswered) == 1
+    assert agent.status()["pending"] == 1
+
+
 def test_a_device_clock_ahead_of_the_cloud_is_corrected_and_its_ops_restamped(
     rig: Rig, server: ProtocolServer
 ) -> None:
