@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -83,8 +84,8 @@ class LocalCloud:
     @property
     def endpoint(self) -> str:
         assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = int(self._server.server_address[1])
+        return f"http://{self.options.host}:{port}"
 
     def start(self) -> None:
         options = self.options
@@ -245,8 +246,6 @@ class LocalCloud:
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    import json
-
     value = json.loads(body or b"{}")
     if not isinstance(value, dict):
         raise ValueError("the body must be a JSON object")

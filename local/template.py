@@ -22,7 +22,7 @@ from local.errors import TemplateError
 _PLACEHOLDER_BUCKET = "fieldsync-local-code"
 
 
-class _CfnLoader(yaml.SafeLoader):
+class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]
     """A YAML loader that reads the short forms (`!Ref`, `!GetAtt`, `!Sub`, ...)."""
 
 
