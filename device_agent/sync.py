@@ -357,7 +357,7 @@ class SyncEngine:
                     self.state.set_cursor(page.cursor)
                 if self.on_progress is not None:
                     self.on_progress(summary)
-                stalled = not page.changes and page.cursor == cursor
+                stalled = page.cursor == cursor  # a cursor that does not move: stop paging
                 cursor = page.cursor
                 if not page.has_more or stalled:
                     return

@@ -191,7 +191,9 @@ class Worker:
             self._failures = 0
             self.retry_policy.reset()
             if pull_due:
-                self._next_pull = self._clock() + self.pull_interval_s
+                # +-20 %: devices booted together drift apart instead of pulling in step.
+                spread = self._rng.uniform(0.8, 1.2)
+                self._next_pull = self._clock() + self.pull_interval_s * spread
         elif stopped_by == "timeout":
             pass  # a long outbox: carry on at once with the next round
         elif stopped_by == "auth":

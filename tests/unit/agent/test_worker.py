@@ -21,6 +21,7 @@ from device_agent.backoff import ConstantBackoff, ExponentialBackoff, Jitter, Re
 from device_agent.testing import FaultTransport
 from device_agent.transport import HttpTransport, ServerError, Transport
 from device_agent.worker import Worker
+from shared.contracts import Op, OpKind, format_hlc
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent
@@ -129,6 +130,28 @@ def test_sigterm_stops_cleanly_without_losing_or_duplicating_ops(
         assert app.sync(timeout=20).synced
     # And every op took effect exactly once
     assert all(server.applied[op_id] == 1 for op_id in ids)
+
+
+def test_the_worker_pulls_other_devices_changes_periodically(
+    db: Path, server: ProtocolServer
+) -> None:
+    worker = Worker(db, poll_interval_s=0.05, pull_interval_s=0.3)
+    thread = start(worker)
+    try:
+        wait_for(lambda: bool(server.requests_to("/v1/changes")), timeout=5)
+        # When another device writes while this one has nothing to push
+        hlc = format_hlc(time.time_ns() // 1_000_000, 0, "other-dev")
+        server.write_as_other_device(Op("op-x", "prefs", "shared", OpKind.PUT, hlc, {"v": 1}))
+
+        def seen() -> bool:
+            with Agent.open(db) as app:
+                return app.get("prefs", "shared") == {"v": 1}
+
+        # Then the next periodic pull (0.3 s +- 20 %) brings it in
+        assert wait_for(seen, timeout=3, step=0.05) < 1.0
+    finally:
+        worker.stop()
+        thread.join(5)
 
 
 def test_a_reconnect_triggers_a_sync_within_the_jitter_window(
