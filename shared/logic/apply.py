@@ -19,7 +19,13 @@ import time
 from typing import Optional
 
 from shared.config import Settings
-from shared.conflict import ConflictRegistry, Resolution, UnknownResolver, parse_assignments
+from shared.conflict import (
+    ConflictRegistry,
+    Resolution,
+    Resolver,
+    UnknownResolver,
+    parse_assignments,
+)
 from shared.contracts import Op, Record
 from shared.dal import records
 from shared.errors import (
@@ -36,10 +42,29 @@ BACKOFF_CAP_S = 0.2
 THROTTLE_CODES = frozenset({"ProvisionedThroughputExceededException", "RequestLimitExceeded"})
 
 
+_custom_resolvers: dict[str, Resolver] = {}
+
+
+def register_resolver(name: str, resolver: Resolver) -> None:
+    """Make a custom resolver available to CONFLICT_STRATEGIES under `name`.
+
+    It must be pure and convergent (see shared.conflict.check_convergence).
+    """
+    _custom_resolvers[name] = resolver
+    registry_for.cache_clear()
+
+
+def unregister_resolver(name: str) -> None:
+    _custom_resolvers.pop(name, None)
+    registry_for.cache_clear()
+
+
 @functools.lru_cache(maxsize=8)
 def registry_for(strategies: str) -> ConflictRegistry:
     """The conflict registry configured by CONFLICT_STRATEGIES ("collection=resolver,...")."""
     registry = ConflictRegistry()
+    for name, resolver in _custom_resolvers.items():
+        registry.register(name, resolver)
     try:
         registry.configure(parse_assignments(strategies))
     except ValueError as exc:

@@ -9,8 +9,10 @@ import json
 
 import pytest
 
+from shared.conflict import Resolution
 from shared.dal import records_model
 from shared.dal.aws import sqs_client
+from shared.logic.apply import register_resolver, unregister_resolver
 from tests.integration.conftest import Cloud, Device, settle
 from tests.support.aws import dynamo_fault, item_pk, load_event, sqs_fault
 
@@ -114,3 +116,26 @@ def test_read_throttle_also_queues_the_op(cloud: Cloud) -> None:
     with dynamo_fault(records_model(), "GetItem", "ThrottlingException"):
         response = cloud.post_batch([device.op("patch", "k", {"a": 1})])
     assert response.body["results"][0]["status"] == "queued"
+
+
+def test_op_whose_resolver_raises_is_queued_as_a_server_failure(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a custom resolver with a bug, assigned to "fragile"
+    def explodes(current: object, op: object) -> Resolution:
+        raise RuntimeError("bug in a custom resolver")
+
+    register_resolver("explodes", explodes)
+    monkeypatch.setenv("CONFLICT_STRATEGIES", "fragile=explodes")
+    try:
+        # When an op of that collection arrives
+        device = Device()
+        response = cloud.post_batch(
+            [device.op("put", "k", {"a": 1}, collection="fragile"), device.op("put", "k", {"a": 2})]
+        )
+    finally:
+        unregister_resolver("explodes")
+    # Then it is queued (not rejected: the fault is the server's), the other op applies
+    assert [r["status"] for r in response.body["results"]] == ["queued", "applied"]
+    message = cloud.sqs.receive_message(QueueUrl=cloud.queue_url)["Messages"][0]
+    assert json.loads(message["Body"])["reason"] == "resolver_failed"
