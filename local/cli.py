@@ -117,14 +117,17 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     cloud = LocalCloud(options)
+    # stdout carries exactly the two banner lines; handler logs and metrics go to stderr.
+    banner, sys.stdout = sys.stdout, sys.stderr
     try:
         cloud.start()
         token = cloud.register_device(DEV_TENANT, DEV_DEVICE)
-        print(f"endpoint: {cloud.endpoint}", flush=True)
-        print(f"token: {token}", flush=True)
+        print(f"endpoint: {cloud.endpoint}", file=banner, flush=True)
+        print(f"token: {token}", file=banner, flush=True)
         while not stopping.wait(0.5):
             pass
     finally:
+        sys.stdout = banner
         cloud.stop()
     return 0
 

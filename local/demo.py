@@ -114,11 +114,13 @@ class Device:
     def __init__(self, name: str, device_id: str, db: Path, token: str) -> None:
         self.name, self.device_id, self.db, self.token = name, device_id, db, token
 
-    def agent(self, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    def agent(
+        self, *args: str, ok: tuple[int, ...] = (0,), timeout_s: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "SYNC_AGENT_DB": str(self.db)}
         done = subprocess.run(
             [sys.executable, "-m", "device_agent", *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=False,
         )  # fmt: skip
         if done.returncode not in ok:
             raise DemoFailed(
@@ -140,7 +142,7 @@ class Device:
 
     def sync(self, timeout_s: float = 15) -> dict[str, str]:
         """Sync once; returns the summary's key=value pairs (exit 75 means offline)."""
-        done = self.agent("sync", "--timeout", str(timeout_s), ok=(0, 75))
+        done = self.agent("sync", "--timeout", str(timeout_s), ok=(0, 75), timeout_s=timeout_s + 60)
         summary = next(
             (line for line in done.stdout.splitlines()[::-1] if line.startswith("synced=")), ""
         )
