@@ -15,8 +15,8 @@ from typing import Any, Optional
 from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 GZIP_MAGIC = b"\x1f\x8b"
-_IDENTITY = ("", "identity")
-_GZIP = ("gzip", "x-gzip")
+# Encodings a body may be labelled with; API Gateway decodes deflate itself.
+_KNOWN = ("", "identity", "gzip", "x-gzip", "deflate")
 
 
 def limits_details(max_ops: int, max_bytes: int) -> dict[str, Any]:
@@ -67,12 +67,14 @@ def decode_json_body(
     else:
         raw = body.encode("utf-8", errors="surrogateescape")
     encoding = (content_encoding or "").strip().lower()
-    if encoding in _GZIP or (encoding in _IDENTITY and raw[:2] == GZIP_MAGIC):
-        raw = _gunzip(raw, max_ops, max_bytes)
-    elif encoding not in _IDENTITY:
+    if encoding not in _KNOWN:
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not supported: send gzip or uncompressed JSON"
         )
+    # Decide by the bytes, not the header: API Gateway may have inflated the body already
+    # while passing `Content-Encoding: gzip` on, and JSON never starts with the gzip magic.
+    if raw[:2] == GZIP_MAGIC:
+        raw = _gunzip(raw, max_ops, max_bytes)
     if len(raw) > max_bytes:
         raise _too_large(f"{len(raw)} bytes", max_ops, max_bytes)
     try:

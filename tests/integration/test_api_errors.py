@@ -7,6 +7,8 @@ import gzip
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.conftest import Cloud, Device, batch_event
 from tests.support.aws import load_event
@@ -105,3 +107,42 @@ def test_health_needs_no_token_and_reports_the_protocol(cloud: Cloud) -> None:
     assert response.body["status"] == "ok"
     assert response.body["protocol"] == 1
     assert response.body["server_time"].endswith("-server")
+
+
+def test_body_already_inflated_upstream_with_a_gzip_header_is_accepted(cloud: Cloud) -> None:
+    # Given API Gateway inflated the body but passed Content-Encoding: gzip on
+    event = load_event("batch_gzip_base64.json")
+    event["body"] = gzip.decompress(base64.b64decode(event["body"])).decode()
+    event["isBase64Encoded"] = False
+    # Then the handler reads it as the JSON it is
+    response = cloud.http("BatchesFunction", event)
+    assert response.status == 200
+    assert [r["status"] for r in response.body["results"]] == ["applied"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.text(max_size=60),
+        json_values.map(json.dumps),
+        st.fixed_dictionaries(
+            {"batch_id": st.text(max_size=8), "ops": st.lists(json_values, max_size=3)}
+        ).map(json.dumps),
+    )
+)
+def test_no_input_gets_a_5xx(cloud: Cloud, body: str) -> None:
+    response = cloud.http("BatchesFunction", batch_event(body, "acme", "pi-7"))
+    assert response.status < 500, response.body
+    if response.status != 200:
+        assert set(response.body["error"]) >= {"code", "message"}
