@@ -54,15 +54,17 @@ class LocalStack:
         command = [sys.executable, "-m", "local.cli", "serve", "--port", "0", *args]
         if template is not None:
             command += ["--template", str(template)]
-        log = Path(tempfile.mkstemp(prefix="sync-local-", suffix=".log")[1])
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=_clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=log.open("w"),
-            text=True,
-        )
+        handle, name = tempfile.mkstemp(prefix="sync-local-", suffix=".log")
+        log = Path(name)
+        with os.fdopen(handle, "w") as stderr:  # the child keeps its own copy of the file
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=_clean_env(),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         lines: list[str] = []
         reader = threading.Thread(target=_read_lines, args=(process, lines), daemon=True)
         reader.start()
