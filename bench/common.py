@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import os
 import platform
+import re
 import select
 import socket
 import statistics
@@ -167,7 +168,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 # -- a counting, black-holing TCP proxy ------------------------------------------------------
 
 
-_REQUEST_LINE_END = b" HTTP/1.1\r\n"
+_REQUEST_LINE = re.compile(rb"(GET|POST|PUT|DELETE|HEAD) (/[^ \r\n]{0,200}) HTTP/1\.1\r\n")
+_TAIL = 256
 
 
 class CountingProxy:
@@ -203,6 +205,7 @@ class CountingProxy:
         self.bytes_down = 0  # server -> client
         self.connections = 0
         self.requests = 0  # HTTP/1.1 request lines seen client -> server
+        self.request_log: list[tuple[float, str]] = []  # (when forwarded, "METHOD /path")
         self.restored_at: Optional[float] = None
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
@@ -218,6 +221,7 @@ class CountingProxy:
     def reset_counters(self) -> None:
         with self._lock:
             self.bytes_up = self.bytes_down = self.connections = self.requests = 0
+            self.request_log = []
 
     def blackhole(self) -> None:
         with self._lock:
@@ -274,15 +278,22 @@ class CountingProxy:
             epoch = self._epoch
         upstream: Optional[socket.socket] = None
         try:
-            # A connection opened while the link is dead is held, unanswered.
+            # A connection opened while the link is dead is held, unanswered. When the link
+            # comes back it goes through only if its client is still waiting (as a TCP
+            # retransmission would); one whose client gave up is dropped, not replayed.
+            held = False
             while self._is_dead() and not self._stop.is_set():
+                held = True
                 time.sleep(0.02)
+            pending = self._pending(client) if held else b""
+            if pending is None:
+                return
             with self._lock:
                 epoch = self._epoch
             upstream = socket.create_connection(self.upstream, timeout=5.0)
             with self._lock:
                 self._open.add(upstream)
-            self._pump(client, upstream, epoch)
+            self._pump(client, upstream, epoch, pending)
         except OSError:
             pass
         finally:
@@ -303,7 +314,29 @@ class CountingProxy:
         with self._lock:
             return self._epoch != epoch
 
-    def _pump(self, client: socket.socket, upstream: socket.socket, epoch: int) -> None:
+    @staticmethod
+    def _pending(client: socket.socket) -> Optional[bytes]:
+        """What a held client has sent so far, or None if it has closed (gave up)."""
+        chunks: list[bytes] = []
+        client.setblocking(False)
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    return None
+                chunks.append(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                client.setblocking(True)
+        return b"".join(chunks)
+
+    def _pump(
+        self, client: socket.socket, upstream: socket.socket, epoch: int, pending: bytes = b""
+    ) -> None:
         peers = {client: upstream, upstream: client}
         tail = b""  # the end of the previous chunk, so a request line split in two counts
         while not self._stop.is_set():
@@ -311,9 +344,15 @@ class CountingProxy:
                 # Black-holed: swallow everything until the client gives up, never answer.
                 self._swallow(client)
                 return
-            readable, _, _ = select.select(list(peers), [], [], 0.05)
+            if pending:
+                readable, pending_data = [client], pending
+                pending = b""
+            else:
+                readable, _, _ = select.select(list(peers), [], [], 0.05)
+                pending_data = b""
             for sock in readable:
-                data = sock.recv(65536)
+                data = pending_data or sock.recv(65536)
+                pending_data = b""
                 if not data:
                     return
                 if self._abandoned(epoch):
@@ -322,10 +361,13 @@ class CountingProxy:
                     if sock is client:
                         self.bytes_up += len(data)
                         window = tail + data
-                        self.requests += window.count(_REQUEST_LINE_END) - tail.count(
-                            _REQUEST_LINE_END
-                        )
-                        tail = window[-16:]
+                        for match in _REQUEST_LINE.finditer(window):
+                            if match.end() > len(tail):  # not counted with the last chunk
+                                self.requests += 1
+                                if len(self.request_log) < 10_000:
+                                    line = (match.group(1) + b" " + match.group(2)).decode()
+                                    self.request_log.append((time.monotonic(), line))
+                        tail = window[-_TAIL:]
                     else:
                         self.bytes_down += len(data)
                 peers[sock].sendall(data)

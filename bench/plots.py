@@ -141,3 +141,102 @@ def cdf_chart(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def grouped_bars(
+    path: Path,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[Optional[float]]],
+    *,
+    title: str,
+    ylabel: str,
+    logy: bool = True,
+) -> None:
+    """Bars grouped by `groups`, one colour per series; a missing value leaves a gap."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    count = max(1, len(series))
+    width = 0.8 / count
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (count - 1) / 2) * width for i in range(len(groups))]
+        pairs = [(x, v) for x, v in zip(xs, values) if v]
+        if not pairs:
+            continue
+        bars = ax.bar([x for x, _ in pairs], [v for _, v in pairs], width=width, label=name)
+        for bar, (_, value) in zip(bars, pairs):
+            ax.annotate(
+                f"{value:,.0f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
+            )
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(list(groups), fontsize=8)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def outbox_figures(results: Mapping[str, object], img: Path) -> str:
+    """Plots for bench.outbox's results; returns the markdown that shows them."""
+    subjects = results.get("subjects")
+    backlog = results.get("backlog")
+    if not isinstance(subjects, Mapping) or not isinstance(backlog, Mapping):
+        return ""
+    kinds = {
+        "single_ops_s": "durable single enqueue",
+        "batch_ops_s": "batched enqueue",
+        "drain_ops_s": "drain",
+    }
+    names = list(subjects)
+    series = {label: [_num(subjects[name], key) for name in names] for key, label in kinds.items()}
+    grouped_bars(
+        img / "outbox_contenders.png",
+        names,
+        series,
+        title="Outbox vs peers, ops/s (log scale, higher is better)",
+        ylabel="ops/s",
+    )
+    # Drain rate against backlog size: every size bench.outbox reports.
+    points: dict[float, float] = {}
+    by_size = backlog.get("drain_by_backlog")
+    if isinstance(by_size, Mapping):
+        points.update({float(k): float(v) for k, v in by_size.items()})
+    small, big = _num(backlog, "drain_1k_ops_s"), _num(backlog, "drain_1m_ops_s")
+    if small:
+        points.setdefault(1_000.0, small)
+    size = _num(backlog, "backlog_ops")
+    if big and size:
+        points.setdefault(size, big)
+    sizes = sorted(points)
+    line_chart(
+        img / "outbox_drain_backlog.png",
+        sizes,
+        {"fieldsync outbox: drain (claim 100 + ack)": [points[s] for s in sizes]},
+        title="Outbox drain rate against backlog size",
+        xlabel="ops pending in the outbox (log scale)",
+        ylabel="drain ops/s",
+        logx=True,
+    )
+    return (
+        "\n![outbox vs peers](img/outbox_contenders.png)\n"
+        "![drain vs backlog](img/outbox_drain_backlog.png)\n"
+        + (
+            ""
+            if len(sizes) > 2
+            else "\n(bench.outbox reports the drain rate at two backlog sizes, "
+            f"{', '.join(f'{int(s):,}' for s in sizes)}; the line joins those two points.)\n"
+        )
+    )
+
+
+def _num(data: object, key: str) -> Optional[float]:
+    if not isinstance(data, Mapping):
+        return None
+    value = data.get(key)
+    return float(value) if isinstance(value, (int, float)) and value else None

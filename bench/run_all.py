@@ -68,6 +68,10 @@ def run_one(name: str, ctx: Context) -> Section:
         results = module.run(ctx.quick)
         section = _render_default(name, module)(results, ctx)
         section.title = title
+        if name == "outbox":
+            from bench.plots import outbox_figures
+
+            section.body = section.body.rstrip() + "\n" + outbox_figures(results, IMG)
     except Exception as exc:
         trace = traceback.format_exc(limit=6)
         print(trace, file=sys.stderr)
@@ -84,7 +88,7 @@ def run_one(name: str, ctx: Context) -> Section:
 def _section_text(section: Section) -> str:
     goals = json.dumps([asdict(g) for g in section.goals])
     text = f"## {section.title}\n\n{section.body.rstrip()}\n"
-    if section.goals:
+    if section.goals and "| goal | target |" not in section.body:
         text += "\nGoals:\n\n" + goals_table(section.goals)
     return text + f"\n{_GOALS_MARK}{goals} -->\n"
 

@@ -1,0 +1,242 @@
+"""Reconnect latency: from the link coming back to the first critical op applied in the cloud.
+
+The real worker (`device_agent.worker.Worker`, in a thread of this process, its own Agent
+and database) syncs through a TCP proxy on 127.0.0.1 to `sync-local serve`. Each trial:
+black-hole the proxy (connections are held and never answered, as on a dead cell link),
+record a critical op from another connection to the same database (as an app would), let
+the worker find the cloud unreachable and start probing, restore the link after a random
+outage, and time until the op's record exists in the cloud's table (polled on moto every
+20 ms). The worker runs with its defaults except two settings, named in the section: a
+small reconnect window, and short transport timeouts so each trial takes seconds, not the
+default 30 s read timeout.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from bench.common import (
+    IMG,
+    Context,
+    CountingProxy,
+    Goal,
+    Section,
+    fmt,
+    header,
+    local_stack,
+    percentile,
+    table,
+)
+
+WINDOW_S = 1.0
+TIMEOUT_S = 1.0
+OUTAGE_S = (2.0, 4.0)
+TENANT = "bench"
+DEVICE = "reconnect-1"
+
+
+def _applied(ddb: Any, table_name: str, pk: str) -> bool:
+    item = ddb.get_item(TableName=table_name, Key={"pk": {"S": pk}}, ConsistentRead=True)
+    return "Item" in item
+
+
+def trial(
+    n: int,
+    *,
+    proxy: CountingProxy,
+    writer: Any,
+    ddb: Any,
+    table_name: str,
+    rng: random.Random,
+) -> dict[str, Any]:
+    from device_agent import Priority
+
+    key = f"trial-{n}-{rng.randrange(1 << 30)}"
+    pk = f"{TENANT}#reconnect#{key}"
+    outage = rng.uniform(*OUTAGE_S)
+    proxy.blackhole()
+    writer.put("reconnect", key, {"trial": n}, priority=Priority.CRITICAL)
+    time.sleep(outage)
+    restored = proxy.restore()
+    deadline = restored + 60.0
+    applied_at: Optional[float] = None
+    while time.monotonic() < deadline:
+        if _applied(ddb, table_name, pk):
+            applied_at = time.monotonic()
+            break
+        time.sleep(0.02)
+    after = [(t - restored, line) for t, line in list(proxy.request_log) if t >= restored]
+    first_any = after[0][0] if after else float("nan")
+    first_push = next((t for t, line in after if line.startswith("POST /v1/batches")), None)
+    return {
+        "outage_s": outage,
+        "latency_s": (applied_at - restored) if applied_at else float("nan"),
+        "first_request_s": first_any,
+        "first_push_s": first_push if first_push is not None else float("nan"),
+        "applied": applied_at is not None,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    from device_agent import Agent
+    from device_agent.transport import HttpTransport
+    from device_agent.worker import Worker
+
+    trials = 4 if quick else 20
+    rng = random.Random(20261124)
+    results: list[dict[str, Any]] = []
+    with local_stack() as stack, tempfile.TemporaryDirectory(prefix="fieldsync-rc-") as tmp:
+        import boto3
+
+        ddb = boto3.client(
+            "dynamodb",
+            endpoint_url=stack.resources["endpoint_url"],
+            region_name=stack.resources["region"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # moto's placeholder credentials
+        )
+        table_name = stack.resources["outputs"]["RecordsTableName"]
+        gateway = urlparse(stack.endpoint)
+        with CountingProxy((gateway.hostname or "127.0.0.1", int(gateway.port or 80))) as proxy:
+            token = stack.register(TENANT, DEVICE)
+            path = Path(tmp) / "device.db"
+            Agent.init(path, endpoint=proxy.url, token=token, device_id=DEVICE).close()
+
+            def transport(endpoint: str, token: str) -> HttpTransport:
+                return HttpTransport(
+                    endpoint, token, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S
+                )
+
+            worker = Worker(
+                path,
+                reconnect_window_s=WINDOW_S,
+                agent_options={"transport_factory": transport},
+            )
+            defaults = {
+                "poll_interval_s": worker.poll_interval_s,
+                "probe_backoff": repr(_describe(worker.probe_backoff)),
+            }
+            thread = threading.Thread(target=worker.run, name="bench-worker", daemon=True)
+            thread.start()
+            writer = Agent.open(path)
+            try:
+                # Warm up: one op through a healthy link, so the worker is online and idle.
+                writer.put("reconnect", "warm-up", {"ok": True})
+                pk = f"{TENANT}#reconnect#warm-up"
+                end = time.monotonic() + 30
+                while time.monotonic() < end and not _applied(ddb, table_name, pk):
+                    time.sleep(0.05)
+                for n in range(trials):
+                    results.append(
+                        trial(
+                            n, proxy=proxy, writer=writer, ddb=ddb, table_name=table_name, rng=rng
+                        )
+                    )
+                    time.sleep(0.3)
+            finally:
+                writer.close()
+                worker.stop()
+                thread.join(15)
+    return {
+        "trials": results,
+        "window_s": WINDOW_S,
+        "timeout_s": TIMEOUT_S,
+        "outage_s": list(OUTAGE_S),
+        "defaults": defaults,
+    }
+
+
+def _describe(backoff: Any) -> str:
+    parts = [type(backoff).__name__]
+    for name in ("base", "cap", "jitter"):
+        if hasattr(backoff, name):
+            value = getattr(backoff, name)
+            parts.append(f"{name}={getattr(value, 'value', value)}")
+    return " ".join(parts)
+
+
+def render(results: dict[str, Any], ctx: Context) -> Section:
+    from bench.plots import cdf_chart
+
+    trials = results["trials"]
+    window = results["window_s"]
+    goal_s = window + 1.0
+    lat = [t["latency_s"] for t in trials if t["applied"]]
+    first = [t["first_request_s"] for t in trials if t["first_request_s"] == t["first_request_s"]]
+    push = [t["first_push_s"] for t in trials if t["first_push_s"] == t["first_push_s"]]
+    cdf_chart(
+        IMG / "reconnect_latency.png",
+        {
+            "link back -> op applied": lat,
+            "link back -> first request through": first,
+            "link back -> first push": push,
+        },
+        title=f"Reconnect latency, {len(trials)} trials (reconnect window {window:g} s)",
+        xlabel="seconds after the link came back",
+        vline=goal_s,
+        vline_label=f"goal: window + 1 s = {goal_s:g} s",
+    )
+    within = sum(1 for v in lat if v <= goal_s)
+    worst = max(lat) if lat else float("nan")
+    goals = [
+        Goal(
+            f"link back -> critical op applied, every trial (window {window:g} s)",
+            f"<= {goal_s:g} s",
+            f"{within}/{len(trials)} within; p50 {fmt(percentile(lat, 50))} s, max {fmt(worst)} s",
+            bool(lat) and len(lat) == len(trials) and worst <= goal_s,
+        )
+    ]
+    rows = [
+        [
+            i + 1,
+            f"{t['outage_s']:.2f}",
+            fmt(t["first_request_s"]),
+            fmt(t["first_push_s"]),
+            fmt(t["latency_s"]) if t["applied"] else "not applied in 60 s",
+        ]
+        for i, t in enumerate(trials)
+    ]
+    summary = [
+        [name, fmt(percentile(vals, 50)), fmt(percentile(vals, 90)), fmt(max(vals) if vals else 0)]
+        for name, vals in (
+            ("first request through the link", first),
+            ("first push", push),
+            ("critical op applied", lat),
+        )
+    ]
+    d = results["defaults"]
+    body = (
+        header(ctx)
+        + f"\n{len(trials)} trials with the real worker (`device_agent.worker.Worker` in a "
+        "thread, its own Agent and database) behind a TCP proxy to `sync-local serve`. Per "
+        "trial: black-hole the link (connections held, never answered), record a critical "
+        "op from another connection to the database (as an app would), keep the link dead "
+        f"for a random {results['outage_s'][0]:g}-{results['outage_s'][1]:g} s (the worker's "
+        "push times out, it marks itself offline and probes), restore it, and time until "
+        "the op's record exists in the cloud table (moto polled every 20 ms). Configured for "
+        f"the trials: reconnect window **{window:g} s** (default 10 s) and transport "
+        f"connect/read timeouts {results['timeout_s']:g} s (default 5 s / 30 s) so a trial "
+        "takes seconds; everything else is the worker's default (poll "
+        f"{d['poll_interval_s']:g} s, probe backoff {d['probe_backoff'].strip(chr(39))}).\n\n"
+        "![reconnect](img/reconnect_latency.png)\n\n"
+        + table(["seconds after the link came back", "p50", "p90", "max"], summary)
+        + "\nPer trial:\n\n"
+        + table(["trial", "outage s", "first request s", "first push s", "applied s"], rows)
+    )
+    if lat and worst > goal_s:
+        body += (
+            "\nWhy the goal is missed: the time to the first request through the restored "
+            "link is the wait for the worker's next probe, spaced by its probe backoff "
+            "(full jitter, growing with each failed probe), and only then does the reconnect "
+            f"window ({window:g} s) start; so link back -> applied is up to one probe gap + "
+            "the window + a push. The same cause as the herd's second goal; the fix is the "
+            "one given there (cap the offline probe spacing and count the time already "
+            "waited against the reconnect window).\n"
+        )
+    return Section("Reconnect latency", body, goals, ["img/reconnect_latency.png"])
