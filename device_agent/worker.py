@@ -32,7 +32,7 @@ from device_agent.backoff import (
     RetryBudget,
     RetryPolicy,
 )
-from device_agent.errors import NotConfigured
+from device_agent.errors import DatabaseError, NotConfigured
 from device_agent.network import Connectivity
 from device_agent.sync import SyncEngine
 
@@ -139,12 +139,20 @@ class Worker:
                 continue
             engine.should_stop = self._stop.is_set  # finish the current batch, then return
             state = agent.monitor.state
-            if state is Connectivity.AUTH:
-                self._wait(self.poll_interval_s * 4)  # only a new token (init) helps
-            elif state is Connectivity.OFFLINE:
-                self._offline_step(agent, engine)
-            elif self._online_step(agent, engine) == "stopped":
-                break
+            try:
+                if state is Connectivity.AUTH:
+                    self._wait(self.poll_interval_s * 4)  # only a new token (init) helps
+                elif state is Connectivity.OFFLINE:
+                    self._offline_step(agent, engine)
+                elif self._online_step(agent, engine) == "stopped":
+                    break
+            except DatabaseError as exc:
+                # Locked too long by another process, disk full...: every op is still on disk
+                # (transactions roll back), so wait and try again rather than die.
+                self._failures += 1
+                delay = self.retry_policy.next_delay(self._failures)
+                log.error("database error error=%s retry_in_s=%.2f", exc, delay)
+                self._wait(delay)
 
     def _offline_step(self, agent: Agent, engine: SyncEngine) -> None:
         """Probe the health endpoint on a jittered schedule; on success, schedule a sync
