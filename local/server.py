@@ -50,7 +50,14 @@ class ServeOptions:
 
 
 def _fake_aws_environment(region: str, verbose: bool) -> None:
-    os.environ.pop("AWS_PROFILE", None)
+    """Fake credentials and region, and no endpoint override but the moto one set later."""
+    for name in list(os.environ):
+        if (
+            name == "AWS_PROFILE"
+            or name.startswith("AWS_ENDPOINT_URL")
+            or name.endswith("_ENDPOINT_URL")
+        ):
+            del os.environ[name]
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "testing",
