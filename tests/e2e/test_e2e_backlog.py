@@ -28,7 +28,10 @@ def _closed_endpoint() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("ops", [1000, pytest.param(10_000, marks=pytest.mark.slow, id="10000")])
+@pytest.mark.parametrize(
+    "ops",
+    [1000, pytest.param(10_000, marks=[pytest.mark.slow, pytest.mark.timeout(900)], id="10000")],
+)
 def test_an_offline_backlog_drains_in_batches(
     cloud: LocalStack, new_device: DeviceFactory, ops: int
 ) -> None:
