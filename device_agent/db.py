@@ -21,6 +21,8 @@ from device_agent.errors import DatabaseError, SchemaTooNew
 StrPath = Union[str, "os.PathLike[str]"]
 
 DEFAULT_BUSY_TIMEOUT_S = 10.0
+# UPSERT (3.24) and the JSON functions (json_each) are used throughout.
+MIN_SQLITE = (3, 24, 0)
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 # Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
@@ -32,34 +34,37 @@ MIGRATIONS: list[list[str]] = [
              name  TEXT PRIMARY KEY,
              value TEXT NOT NULL
            ) WITHOUT ROWID""",
-        # Ops waiting for the cloud. `seq` orders FIFO within a priority. A row is in flight
-        # while `lease_until` is set; `claims` counts how often it was handed out (an op that
-        # was never handed out is the only kind a newer write may be coalesced into).
+        # Ops waiting for the cloud, written once and then only read until acked: `seq`
+        # orders FIFO within a priority. Delivery state lives in `delivery`, so claiming and
+        # releasing rewrite a few small rows instead of the op rows and their indexes.
         """CREATE TABLE outbox (
-             seq             INTEGER PRIMARY KEY,
-             op_id           TEXT NOT NULL UNIQUE,
-             collection      TEXT NOT NULL,
-             key             TEXT NOT NULL,
-             kind            TEXT NOT NULL,
-             hlc             TEXT NOT NULL,
-             data            TEXT,
-             priority        INTEGER NOT NULL,
-             size            INTEGER NOT NULL,
-             enqueued_at     REAL NOT NULL,
-             next_attempt_at REAL NOT NULL DEFAULT 0,
-             attempts        INTEGER NOT NULL DEFAULT 0,
-             claims          INTEGER NOT NULL DEFAULT 0,
+             seq         INTEGER PRIMARY KEY,
+             op_id       TEXT NOT NULL UNIQUE,
+             collection  TEXT NOT NULL,
+             key         TEXT NOT NULL,
+             kind        TEXT NOT NULL,
+             hlc         TEXT NOT NULL,
+             data        TEXT,
+             priority    INTEGER NOT NULL,
+             size        INTEGER NOT NULL,
+             enqueued_at REAL NOT NULL
+           )""",
+        # The claim query walks this index in (priority, seq) order and stops after `limit`
+        # ready rows. Measured: putting delivery state first in an index, or any column the
+        # ORDER BY does not start with, makes SQLite sort the whole backlog instead.
+        "CREATE INDEX outbox_claim ON outbox (priority, seq, size)",
+        "CREATE INDEX outbox_key ON outbox (collection, key, hlc)",
+        # One row per op ever handed to a sender (so also: "never coalesce into this op"). A row
+        # is in flight while `lease_until` is set. Deleting the op deletes its row.
+        """CREATE TABLE delivery (
+             seq             INTEGER PRIMARY KEY REFERENCES outbox (seq) ON DELETE CASCADE,
              leased_at       REAL,
              lease_until     REAL,
              lease_owner     TEXT,
+             attempts        INTEGER NOT NULL DEFAULT 0,
+             next_attempt_at REAL NOT NULL DEFAULT 0,
              last_error      TEXT
            )""",
-        # The claim query walks this index in (priority, seq) order and stops after `limit`
-        # ready rows; the extra columns let it filter without touching the table.
-        """CREATE INDEX outbox_claim
-             ON outbox (priority, seq, next_attempt_at, lease_until)""",
-        "CREATE INDEX outbox_key ON outbox (collection, key, hlc)",
-        "CREATE INDEX outbox_leased ON outbox (lease_until) WHERE lease_until IS NOT NULL",
         # Depth and bytes per priority, kept by triggers so bounds and stats cost O(1).
         """CREATE TABLE outbox_totals (
              priority INTEGER PRIMARY KEY,
@@ -127,6 +132,13 @@ def open_database(
     if mode not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS_MODES)}")
     location = os.fspath(path)
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise DatabaseError(
+            f"SQLite {sqlite3.sqlite_version} is too old for the agent database {location}: "
+            f"it needs {'.'.join(map(str, MIN_SQLITE))} or newer with JSON support; use a "
+            "newer Python build",
+            path=location,
+        )
     directory = Path(location).resolve().parent
     if not directory.is_dir():
         raise DatabaseError(

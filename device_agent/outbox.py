@@ -27,31 +27,52 @@ DEFAULT_MAX_OPS = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # SQLite builds before 3.32 allow at most 999 parameters in one statement.
 _CHUNK = 500
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 # Statements are constants: values only ever travel as named parameters, and lists of values
 # as one JSON array parameter read with json_each.
-_ROW = "seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, last_error"
-_BY_SEQS = (
-    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
-    "last_error FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
-)
 _BY_KEY = (
-    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
-    "last_error FROM outbox WHERE collection = :collection AND key = :key ORDER BY hlc"
+    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
+    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
+    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
+    "WHERE o.collection = :collection AND o.key = :key ORDER BY o.hlc"
 )
 _BY_ID = (
-    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
-    "last_error FROM outbox WHERE op_id = :op_id"
+    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
+    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
+    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
+    "WHERE o.op_id = :op_id"
 )
 _TO_RESTAMP = (
-    "SELECT seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, "
-    "last_error FROM outbox WHERE hlc > :clock OR hlc >= :earliest ORDER BY hlc"
+    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
+    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
+    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
+    "WHERE o.hlc > :clock OR o.hlc >= :earliest ORDER BY o.hlc"
 )
-_CLAIM = (
-    "UPDATE outbox SET leased_at = :now, lease_until = :until, lease_owner = :owner, "
-    "claims = claims + 1 WHERE seq IN (SELECT value FROM json_each(:seqs))"
+# Walks outbox_claim in (priority, seq) order, looks each op up in the (small) delivery
+# table, and stops after `limit` ready ones; only those are read from the table.
+_CANDIDATES = (
+    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
+    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error, o.size "
+    "FROM outbox AS o INDEXED BY outbox_claim LEFT JOIN delivery AS d ON d.seq = o.seq "
+    "WHERE d.seq IS NULL OR (d.next_attempt_at <= :now "
+    "AND (d.lease_until IS NULL OR d.lease_until <= :now)) "
+    "ORDER BY o.priority, o.seq LIMIT :limit"
 )
-_CLAIM_RETURNING = _CLAIM + " RETURNING " + _ROW
+_LEASE = (
+    "INSERT INTO delivery (seq, leased_at, lease_until, lease_owner) "
+    "SELECT value, :now, :until, :owner FROM json_each(:seqs) WHERE true "
+    "ON CONFLICT (seq) DO UPDATE SET leased_at = excluded.leased_at, "
+    "lease_until = excluded.lease_until, lease_owner = excluded.lease_owner"
+)
+_ACK = "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
+_RELEASE = (
+    "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
+    "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "
+    "WHERE seq IN (SELECT seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)))"
+)
+_RELEASE_UNATTEMPTED = (
+    "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
+    "WHERE seq IN (SELECT seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)))"
+)
 
 WriteItem = Union[
     tuple[str, str, Union[OpKind, str], Optional[JsonObject]],
@@ -139,7 +160,6 @@ class Outbox:
         self.max_bytes = max_bytes
         self._now = now
         self._owner = f"pid:{os.getpid()}"
-        self._use_returning = _HAS_RETURNING
         if recover:
             self.recover_leases()
 
@@ -224,36 +244,24 @@ class Outbox:
             return []
         at = self._now() if now is None else now
         with transaction(self._conn, durable=False):
-            # Walks outbox_claim in (priority, seq) order and stops after `limit` matches.
-            candidates = self._conn.execute(
-                "SELECT seq, size FROM outbox INDEXED BY outbox_claim "
-                "WHERE next_attempt_at <= :now AND (lease_until IS NULL OR lease_until <= :now) "
-                "ORDER BY priority, seq LIMIT :limit",
-                {"now": at, "limit": limit},
-            ).fetchall()
-            chosen: list[int] = []
+            candidates = self._conn.execute(_CANDIDATES, {"now": at, "limit": limit}).fetchall()
+            rows: list[Any] = []
             total = 0
-            for seq, size in candidates:
-                if chosen and total + size > max_bytes:
+            for row in candidates:
+                if rows and total + row[-1] > max_bytes:
                     break
-                chosen.append(seq)
-                total += size
-            if not chosen:
+                rows.append(row)
+                total += row[-1]
+            if not rows:
                 return []
             params = {
-                "seqs": json.dumps(chosen),
+                "seqs": json.dumps([row[0] for row in rows]),
                 "now": at,
                 "until": at + lease_s,
                 "owner": self._owner,
             }
-            if self._use_returning:
-                rows = self._conn.execute(_CLAIM_RETURNING, params).fetchall()
-            else:
-                self._conn.execute(_CLAIM, params)
-                rows = self._conn.execute(_BY_SEQS, params).fetchall()
-        claimed = [_pending(row) for row in rows]
-        claimed.sort(key=lambda p: (p.op.priority, p.seq))
-        return claimed
+            self._conn.execute(_LEASE, params)
+        return [_pending(row[:11]) for row in rows]
 
     def ack(self, op_ids: Iterable[str]) -> int:
         """Remove ops the cloud has taken responsibility for; returns how many were removed.
@@ -261,28 +269,15 @@ class Outbox:
         Like claims and releases, acks are committed without an fsync of their own: a power
         cut may bring the last acked ops back, to be sent once more and answered `duplicate`.
         """
-        return self._each_chunk(
-            op_ids, "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))", {}
-        )
+        return self._each_chunk(op_ids, _ACK, {})
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:
         """Return leased ops after a failed attempt: counted, with the error and retry time."""
-        return self._each_chunk(
-            op_ids,
-            "UPDATE outbox SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
-            "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "
-            "WHERE op_id IN (SELECT value FROM json_each(:ids))",
-            {"error": error, "retry_at": retry_at},
-        )
+        return self._each_chunk(op_ids, _RELEASE, {"error": error, "retry_at": retry_at})
 
     def release_unattempted(self, op_ids: Iterable[str]) -> int:
         """Return leased ops that were not sent (e.g. shutdown); no attempt is counted."""
-        return self._each_chunk(
-            op_ids,
-            "UPDATE outbox SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
-            "WHERE op_id IN (SELECT value FROM json_each(:ids))",
-            {},
-        )
+        return self._each_chunk(op_ids, _RELEASE_UNATTEMPTED, {})
 
     def _each_chunk(self, op_ids: Iterable[str], sql: str, extra: dict[str, Any]) -> int:
         ids = list(dict.fromkeys(op_ids))
@@ -305,13 +300,13 @@ class Outbox:
             owners = [
                 row[0]
                 for row in self._conn.execute(
-                    "SELECT DISTINCT lease_owner FROM outbox WHERE lease_until IS NOT NULL"
+                    "SELECT DISTINCT lease_owner FROM delivery WHERE lease_until IS NOT NULL"
                 )
             ]
             for owner in owners:
                 dead = not _owner_alive(owner)
                 cursor = self._conn.execute(
-                    "UPDATE outbox SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
+                    "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
                     "WHERE lease_until IS NOT NULL AND lease_owner IS :owner AND "
                     "(:dead OR lease_until <= :now OR leased_at > :now)",
                     {"owner": owner, "dead": dead, "now": now},
@@ -357,8 +352,9 @@ class Outbox:
             cursor = self._conn.execute(
                 "INSERT INTO quarantine (op_id, collection, key, kind, hlc, data, priority, size, "
                 "enqueued_at, attempts, code, message, quarantined_at) "
-                "SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at, "
-                "attempts, :code, :message, :now FROM outbox WHERE op_id = :op_id",
+                "SELECT o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, o.size, "
+                "o.enqueued_at, COALESCE(d.attempts, 0), :code, :message, :now "
+                "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq WHERE o.op_id = :op_id",
                 {"op_id": op_id, "code": reason, "message": message, "now": self._now()},
             )
             if cursor.rowcount != 1:
@@ -392,12 +388,16 @@ class Outbox:
         with transaction(self._conn):
             cursor = self._conn.execute(
                 "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, "
-                "enqueued_at, claims) SELECT op_id, collection, key, kind, hlc, data, priority, "
-                "size, :now, 1 FROM quarantine WHERE op_id = :op_id",
+                "enqueued_at) SELECT op_id, collection, key, kind, hlc, data, priority, size, "
+                ":now FROM quarantine WHERE op_id = :op_id",
                 {"op_id": op_id, "now": self._now()},
             )
             if cursor.rowcount != 1:
                 raise NotFound(f"op {op_id} is not quarantined; see `sync-agent quarantine list`")
+            # Marked as handed out: newer writes on its key may have been sent already.
+            self._conn.execute(
+                "INSERT INTO delivery (seq) VALUES (:seq)", {"seq": cursor.lastrowid}
+            )
             size = self._conn.execute(
                 "SELECT size FROM quarantine WHERE op_id = :op_id", {"op_id": op_id}
             ).fetchone()[0]
@@ -449,7 +449,7 @@ class Outbox:
             "SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1"
         ).fetchone()
         in_flight = self._conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE lease_until IS NOT NULL"
+            "SELECT COUNT(*) FROM delivery WHERE lease_until IS NOT NULL"
         ).fetchone()[0]
         quarantined = self._conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         return OutboxStats(

@@ -161,18 +161,6 @@ def test_an_op_released_unattempted_is_ready_at_once_without_an_attempt(store):
     assert again.attempts == 0
 
 
-def test_claim_works_the_same_without_update_returning(store):
-    # Given the fallback path that old SQLite builds (< 3.35) take
-    store.outbox._use_returning = False
-    put(store, "b", Priority.LOW)
-    put(store, "a", Priority.HIGH)
-
-    claimed = store.outbox.claim()
-
-    assert keys_of(claimed) == ["a", "b"]
-    assert store.outbox.claim() == []
-
-
 # --- bounds ------------------------------------------------------------------------------
 
 

@@ -218,6 +218,9 @@ def test_coalesced_ops_leave_the_server_where_all_original_ops_would(script, bas
             else:
                 store.outbox.release(in_flight[:arg], error="x", retry_at=0)
                 del in_flight[:arg]
+        count, size = store.conn.execute("SELECT COUNT(*), TOTAL(size) FROM outbox").fetchone()
+        stats = store.outbox.stats()
+        assert (stats.total_ops, stats.total_bytes) == (count, size), "counters drifted"
         deliver(in_flight)
         while batch := store.outbox.claim(limit=10):
             deliver([p.op.op_id for p in batch])
