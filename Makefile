@@ -46,7 +46,7 @@ unit: $(BIN)/.installed
 test-py39:
 ifneq ($(strip $(PYTHON39)),)
 	$(MAKE) $(VENV39)/.installed
-	$(VENV39)/bin/pytest -q -m agent -p no:cacheprovider
+	$(VENV39)/bin/pytest -q -m agent -p no:cacheprovider tests/unit/foundation tests/unit/agent
 else
 	@echo "Python 3.9 not found: skipping the agent tests on 3.9"
 endif

@@ -10,7 +10,7 @@ from openapi_spec_validator import validate
 
 from shared.contracts import OpKind, OpStatus, limits
 
-OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 
 def load() -> dict[str, Any]:
