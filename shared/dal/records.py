@@ -120,15 +120,18 @@ def feed(
     tenant_id: str,
     *,
     after: str,
+    before: str,
     collection: Optional[str] = None,
     page_size: int = 200,
 ) -> Iterator[FeedEntry]:
-    """The tenant's records in `changed_at` order, strictly after `after` ("" = the start).
+    """The tenant's records with `after` < changed_at < `before`, in `changed_at` order.
 
-    Reads the GSI (eventually consistent): the caller bounds it with a settle horizon.
+    `after` "" means from the start. Reads the GSI (eventually consistent): the caller passes
+    its settle horizon as `before`.
     """
     model = records_model()
-    condition: Any = model.changed_at > after if after else None
+    # BETWEEN is inclusive; the entry equal to `after` (already delivered) is skipped below.
+    condition: Any = model.changed_at.between(after, before) if after else model.changed_at < before
     filter_condition: Any = model.collection == collection if collection else None
     try:
         for item in model.query(
@@ -139,6 +142,8 @@ def feed(
             scan_index_forward=True,
             page_size=page_size,
         ):
+            if item.changed_at == after or item.changed_at >= before:
+                continue
             yield FeedEntry(to_record(item), item.changed_at)
     except PynamoDBException as exc:
         raise _translate(exc, "reading the changes feed") from exc

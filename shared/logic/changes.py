@@ -98,9 +98,12 @@ def read_changes(
     changes: list[Record] = []
     last = position
     has_more = False
-    for entry in feed(principal.tenant_id, after=position, collection=collection):
-        if entry.changed_at >= horizon_key:
-            break
+    if position >= horizon_key:
+        # Nothing can have settled since (e.g. another Lambda's clock is a little ahead).
+        page = ChangesPage([], encode_cursor(position), False)
+        return ChangesResult(page, format_hlc(max(horizon_ms, 0), 0, SERVER_NODE))
+    entries = feed(principal.tenant_id, after=position, before=horizon_key, collection=collection)
+    for entry in entries:
         if len(changes) == limit:
             has_more = True
             break

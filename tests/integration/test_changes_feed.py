@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from shared.contracts import is_hlc
 from shared.dal import records_model
 from tests.integration.conftest import SETTLE_MS, Cloud, Device, settle
-from tests.support.aws import load_event
+from tests.support.aws import dynamo_fault, load_event
 
 
 def page_all(cloud: Cloud, **kwargs: object) -> tuple[list[dict], str, int]:
@@ -128,3 +129,29 @@ def test_changes_without_authorizer_context_is_401(cloud: Cloud) -> None:
     event = load_event("changes_page.json")
     del event["requestContext"]["authorizer"]
     assert cloud.http("ChangesFunction", event).status == 401
+
+
+def between_bounds_inverted(params: dict) -> bool:
+    """DynamoDB rejects `BETWEEN lo AND hi` with lo > hi (moto does not check it)."""
+    match = re.search(r"BETWEEN (:\w+) AND (:\w+)", params.get("KeyConditionExpression", ""))
+    if match is None:
+        return False
+    values = params["ExpressionAttributeValues"]
+    return bool(values[match.group(1)]["S"] > values[match.group(2)]["S"])
+
+
+def test_polling_again_at_once_returns_an_empty_page_not_an_error(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a drained feed whose cursor sits at the horizon
+    _, cursor, _ = page_all(cloud)
+    # When the next poll is served by a Lambda whose horizon is earlier (longer settle time)
+    monkeypatch.setenv("CHANGES_SETTLE_MS", "5000")
+    with dynamo_fault(
+        records_model(), "Query", "ValidationException", when=between_bounds_inverted
+    ):
+        response = cloud.changes(after=cursor)
+    # Then it answers an empty page that keeps the cursor
+    assert response.status == 200
+    assert response.body["changes"] == [] and response.body["has_more"] is False
+    assert response.body["cursor"] == cursor
