@@ -9,7 +9,7 @@ from shared.dal import devices_model, list_devices, register_device, revoke_devi
 from shared.dal.devices import hash_token
 from shared.errors import DeviceError
 from shared.observability import logger
-from tests.integration.conftest import Cloud
+from tests.integration.conftest import Cloud, settle
 from tests.support.aws import REGION, load_event
 
 SAMPLE_TOKEN = load_event("authorizer_allow.json")["headers"]["Authorization"][len("Bearer ") :]
@@ -115,3 +115,24 @@ def test_list_devices_by_tenant_and_all(cloud: Cloud) -> None:
 def test_revoking_an_unknown_device_says_so(cloud: Cloud) -> None:
     with pytest.raises(DeviceError, match="no device"):
         revoke_device("ghost")
+
+
+def test_authorizer_context_is_what_the_handlers_read(cloud: Cloud) -> None:
+    # Given a registered device and the authorizer's answer for its token
+    token = register_device("globex", "g-7")
+    answer = cloud.authorize(f"Bearer {token}")
+    # When API Gateway passes that context to the batches function
+    event = load_event("batch_valid.json")
+    event["requestContext"]["authorizer"] = {
+        "principalId": answer["principalId"],
+        **answer["context"],
+    }
+    response = cloud.http("BatchesFunction", event)
+    # Then the ops are applied in the token's tenant
+    assert response.status == 200
+    settle()
+    assert {c["key"] for c in cloud.changes(tenant="globex", device="g-7").body["changes"]} == {
+        "user-41",
+        "user-42",
+    }
+    assert cloud.changes(tenant="acme").body["changes"] == []

@@ -9,7 +9,7 @@ import pytest
 
 from shared.contracts import is_hlc
 from shared.dal import records_model
-from tests.integration.conftest import SETTLE_MS, Cloud, Device, settle
+from tests.integration.conftest import Cloud, Device, settle
 from tests.support.aws import dynamo_fault, load_event
 
 
@@ -59,13 +59,16 @@ def test_cursor_picks_up_only_later_changes(cloud: Cloud) -> None:
     assert sorted((c["key"], c["data"]["v"]) for c in later) == [("a", 3), ("b", 2)]
 
 
-def test_a_write_inside_the_settle_window_is_held_back_not_lost(cloud: Cloud) -> None:
-    # Given a write that just committed
+def test_a_write_inside_the_settle_window_is_held_back_not_lost(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a one-second settle window and a write that just committed
+    monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
     device = Device()
     cloud.post_batch([device.op("put", "fresh", {"v": 1})])
     # When the feed is read at once, then again after the settle window
     early = cloud.changes()
-    time.sleep(SETTLE_MS / 1000 + 0.05)
+    time.sleep(1.05)
     late = cloud.changes(after=early.body["cursor"])
     # Then it is not in the first page but is in the next one
     assert early.body["changes"] == [] and early.body["has_more"] is False
