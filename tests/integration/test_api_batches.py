@@ -141,3 +141,17 @@ def test_tenant_in_the_body_is_ignored_and_writes_stay_in_the_token_tenant(cloud
     evil = cloud.changes(tenant="evil", device="evil-1")
     assert [c["data"] for c in acme.body["changes"]] == [{"owner": "acme"}]
     assert [c["data"] for c in evil.body["changes"]] == [{"owner": "evil"}]
+
+
+def test_patch_that_would_grow_the_record_past_the_item_limit_is_rejected(cloud: Cloud) -> None:
+    # Given a record holding a 300 KB field
+    device = Device()
+    first = device.op("put", "growing", {"a": "x" * 300_000})
+    assert statuses(cloud.post_batch([first]).body) == ["applied"]
+    # When a patch adds another 300 KB field (each op is under the op limit)
+    response = cloud.post_batch([device.op("patch", "growing", {"b": "y" * 300_000})])
+    # Then that op is rejected too_large, and the record keeps its first state
+    result = response.body["results"][0]
+    assert result["status"] == "rejected"
+    assert result["error"]["code"] == "too_large"
+    assert statuses(cloud.post_batch([first]).body) == ["duplicate"]
