@@ -188,6 +188,7 @@ def test_every_env_var_in_the_template_is_one_the_code_knows() -> None:
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_METRICS_NAMESPACE",
         "POWERTOOLS_LOG_LEVEL",
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE",
         "STAGE",
     }
     used: set[str] = set(TEMPLATE["Globals"]["Function"]["Environment"]["Variables"])
