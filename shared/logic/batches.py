@@ -25,6 +25,7 @@ from shared.contracts import (
     OpError,
     OpResult,
     OpStatus,
+    ParsedBatch,
     RejectedOp,
     parse_batch,
     parse_hlc,
@@ -133,7 +134,7 @@ def _group_by_record(items: Sequence[Union[Op, RejectedOp]]) -> list[list[tuple[
     return list(groups.values())
 
 
-def parse(raw: Any, settings: Settings) -> Any:
+def parse(raw: Any, settings: Settings) -> ParsedBatch:
     """parse_batch with its errors turned into API errors (400, 413)."""
     try:
         return parse_batch(raw, max_ops=settings.max_batch_ops)
