@@ -1,0 +1,79 @@
+"""The gateway core without sockets: local-only routes, body inflation before the handler."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+from local.events import HttpRequest
+from local.functions import LocalFunction
+from local.gateway import Gateway, GatewayConfig
+from local.template import ApiSpec, FunctionSpec, Route
+
+
+def _gateway(seen: list[dict[str, Any]]) -> Gateway:
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        seen.append(event)
+        return {"statusCode": 200, "body": "{}"}
+
+    spec = FunctionSpec("Fn", Path("."), "handler.lambda_handler", {}, 3, 128)
+    api = ApiSpec("Api", (Route("POST", "/v1/batches", "Fn", None),), {}, (), {}, "test")
+    return Gateway(
+        GatewayConfig(
+            api=api,
+            stage="test",
+            functions={"Fn": LocalFunction(spec, "fn", "arn:fn", {}, handler)},
+            authorizers={},
+            inflate_limit=1024,
+            local_routes={("GET", "/_local/resources"): lambda request: (200, {"ok": True})},
+        )
+    )
+
+
+def _request(path: str, source_ip: str = "127.0.0.1", **changes: Any) -> HttpRequest:
+    values: dict[str, Any] = {"headers": [], "body": b""}
+    values.update(changes)
+    method = "GET" if path.startswith("/_local") else "POST"
+    return HttpRequest(method, path, "", values["headers"], values["body"], source_ip)
+
+
+def test_a_local_route_answers_a_loopback_client() -> None:
+    response = _gateway([]).handle(_request("/_local/resources"))
+
+    assert (response.status, json.loads(response.body)) == (200, {"ok": True})
+
+
+def test_a_local_route_refuses_any_other_client() -> None:
+    response = _gateway([]).handle(_request("/_local/resources", source_ip="192.168.1.20"))
+
+    assert response.status == 403
+
+
+def test_the_handler_sees_the_inflated_body_without_the_encoding_header() -> None:
+    seen: list[dict[str, Any]] = []
+    body = gzip.compress(b'{"ops": []}')
+
+    response = _gateway(seen).handle(
+        _request("/v1/batches", headers=[("Content-Encoding", "gzip")], body=body)
+    )
+
+    assert response.status == 200
+    assert seen[0]["body"] == '{"ops": []}'
+    assert "Content-Encoding" not in seen[0]["headers"]
+
+
+def test_a_body_inflating_past_the_limit_never_reaches_the_handler() -> None:
+    seen: list[dict[str, Any]] = []
+
+    response = _gateway(seen).handle(
+        _request(
+            "/v1/batches",
+            headers=[("Content-Encoding", "gzip")],
+            body=gzip.compress(b"x" * 4096),
+        )
+    )
+
+    assert response.status == 413
+    assert seen == []
