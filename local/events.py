@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import parse_qsl
 
-ACCOUNT_ID = "123456789012"
+ACCOUNT_ID = "123456789012"  # moto's default account
 API_ID = "local"
 
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from local.errors import StartupError, TemplateError
+from local.events import ACCOUNT_ID
 from local.intrinsics import Context, Physical, UnresolvableIntrinsic, resolve
 from local.template import StackTemplate
-
-ACCOUNT_ID = "123456789012"  # moto's default account
 
 _TABLE_KEYS = (
     "AttributeDefinitions",

@@ -10,6 +10,7 @@ generated OpenAPI body) and the SQS event source mappings.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -222,12 +223,27 @@ def _functions(
 
 
 def _function_in(uri: Any, functions: dict[str, FunctionSpec]) -> str:
-    """The logical id of the function an integration/authorizer `uri` (an Fn::Sub) names."""
-    text = repr(uri)
-    for name in sorted(functions, key=len, reverse=True):
-        if f"${{{name}.Arn}}" in text or f"'{name}', 'Arn'" in text or f"${{{name}}}" in text:
-            return name
-    raise TemplateError(f"cannot tell which function the integration {text} invokes")
+    """The logical id of the function an integration/authorizer `uri` (an Fn::Sub) invokes."""
+    named: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            named.update(re.findall(r"\$\{([A-Za-z0-9]+)(?:\.Arn)?\}", value))
+        elif isinstance(value, dict):
+            if "Fn::GetAtt" in value:
+                target = value["Fn::GetAtt"]
+                named.add(str(target[0] if isinstance(target, list) else target).split(".")[0])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(uri)
+    found = sorted(named & set(functions))
+    if len(found) != 1:
+        raise TemplateError(f"cannot tell which function the integration {uri!r} invokes")
+    return found[0]
 
 
 def _apis(
