@@ -273,15 +273,13 @@ def _backlog(folder: Path, size: dict[str, int]) -> dict[str, float]:
 
 
 def _claim_query_ms(conn: sqlite3.Connection) -> float:
-    """The claim's candidate query alone (no write, no fsync), median of 200."""
+    """The claim's candidate query alone (no write, no commit), median of 200."""
+    from device_agent.outbox_sql import CANDIDATES
+
     times = []
     for _ in range(200):
         began = time.perf_counter()
-        conn.execute(
-            "SELECT seq, size FROM outbox INDEXED BY outbox_claim WHERE next_attempt_at <= :now "
-            "AND (lease_until IS NULL OR lease_until <= :now) ORDER BY priority, seq LIMIT 100",
-            {"now": time.time()},
-        ).fetchall()
+        conn.execute(CANDIDATES, {"now": time.time(), "limit": DRAIN_BATCH}).fetchall()
         times.append(time.perf_counter() - began)
     return 1000 * statistics.median(times)
 

@@ -126,7 +126,7 @@ def body(results: dict[str, Any], command: str, header: str = "") -> str:
             f"{_fmt(backlog['backlog_build_ops_s'])} ops/s",
         ],
         [
-            "claim(limit=100), median / p99, incl. its fsync'd commit",
+            "claim(limit=100), median / p99, incl. its commit (leases are not fsynced)",
             f"{backlog['claim_ms_median']:.2f} / {backlog['claim_ms_p99']:.2f} ms",
         ],
         ["the claim's candidate query alone, median", f"{backlog['claim_query_ms_median']:.3f} ms"],

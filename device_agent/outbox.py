@@ -13,121 +13,46 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
 from device_agent.db import transaction
 from device_agent.errors import NotFound, OutboxFull
+from device_agent.outbox_model import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_OPS,
+    OutboxStats,
+    PendingOp,
+    QuarantinedOp,
+    WriteItem,
+    op_from_row,
+    pending_from_row,
+)
+from device_agent.outbox_sql import (
+    ACK,
+    BY_ID,
+    BY_KEY,
+    CANDIDATES,
+    CHUNK,
+    LEASE,
+    RELEASE,
+    RELEASE_UNATTEMPTED,
+    TO_RESTAMP,
+)
 from device_agent.outbox_write import new_op_ids, store_ops
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
 
-DEFAULT_MAX_OPS = 100_000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-# SQLite builds before 3.32 allow at most 999 parameters in one statement.
-_CHUNK = 500
-# Statements are constants: values only ever travel as named parameters, and lists of values
-# as one JSON array parameter read with json_each.
-_BY_KEY = (
-    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
-    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
-    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE o.collection = :collection AND o.key = :key ORDER BY o.hlc"
-)
-_BY_ID = (
-    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
-    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
-    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE o.op_id = :op_id"
-)
-_TO_RESTAMP = (
-    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
-    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
-    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE o.hlc > :clock OR o.hlc >= :earliest ORDER BY o.hlc"
-)
-# Walks outbox_claim in (priority, seq) order, looks each op up in the (small) delivery
-# table, and stops after `limit` ready ones; only those are read from the table.
-_CANDIDATES = (
-    "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
-    "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error, o.size "
-    "FROM outbox AS o INDEXED BY outbox_claim LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE d.seq IS NULL OR (d.next_attempt_at <= :now "
-    "AND (d.lease_until IS NULL OR d.lease_until <= :now)) "
-    "ORDER BY o.priority, o.seq LIMIT :limit"
-)
-_LEASE = (
-    "INSERT INTO delivery (seq, leased_at, lease_until, lease_owner) "
-    "SELECT value, :now, :until, :owner FROM json_each(:seqs) WHERE true "
-    "ON CONFLICT (seq) DO UPDATE SET leased_at = excluded.leased_at, "
-    "lease_until = excluded.lease_until, lease_owner = excluded.lease_owner"
-)
-_ACK = "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
-_RELEASE = (
-    "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
-    "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "
-    "WHERE seq IN (SELECT seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)))"
-)
-_RELEASE_UNATTEMPTED = (
-    "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
-    "WHERE seq IN (SELECT seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)))"
-)
-
-WriteItem = Union[
-    tuple[str, str, Union[OpKind, str], Optional[JsonObject]],
-    tuple[str, str, Union[OpKind, str], Optional[JsonObject], Union[Priority, int, str]],
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_OPS",
+    "Outbox",
+    "OutboxStats",
+    "PendingOp",
+    "QuarantinedOp",
+    "WriteItem",
 ]
-"""(collection, key, kind, data[, priority]) as taken by `Outbox.record_many`."""
-
-
-@dataclass(frozen=True)
-class PendingOp:
-    """An op in the outbox with its delivery bookkeeping (times are epoch seconds)."""
-
-    op: Op
-    seq: int
-    attempts: int
-    enqueued_at: float
-    last_error: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class QuarantinedOp:
-    """An op the cloud rejected permanently, with the reason it gave."""
-
-    op: Op
-    code: str
-    message: str
-    attempts: int
-    enqueued_at: float
-    quarantined_at: float
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    """What `sync-agent status` shows about the outbox."""
-
-    depth: dict[str, int] = field(default_factory=dict)
-    total_ops: int = 0
-    total_bytes: int = 0
-    oldest_pending_age_s: Optional[float] = None
-    in_flight: int = 0
-    quarantined: int = 0
-    max_ops: int = DEFAULT_MAX_OPS
-    max_bytes: int = DEFAULT_MAX_BYTES
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "depth": dict(self.depth),
-            "total_ops": self.total_ops,
-            "total_bytes": self.total_bytes,
-            "oldest_pending_age_s": self.oldest_pending_age_s,
-            "in_flight": self.in_flight,
-            "quarantined": self.quarantined,
-            "max_ops": self.max_ops,
-            "max_bytes": self.max_bytes,
-        }
 
 
 class Outbox:
@@ -244,7 +169,7 @@ class Outbox:
             return []
         at = self._now() if now is None else now
         with transaction(self._conn, durable=False):
-            candidates = self._conn.execute(_CANDIDATES, {"now": at, "limit": limit}).fetchall()
+            candidates = self._conn.execute(CANDIDATES, {"now": at, "limit": limit}).fetchall()
             rows: list[Any] = []
             total = 0
             for row in candidates:
@@ -260,8 +185,8 @@ class Outbox:
                 "until": at + lease_s,
                 "owner": self._owner,
             }
-            self._conn.execute(_LEASE, params)
-        return [_pending(row[:11]) for row in rows]
+            self._conn.execute(LEASE, params)
+        return [pending_from_row(row[:11]) for row in rows]
 
     def ack(self, op_ids: Iterable[str]) -> int:
         """Remove ops the cloud has taken responsibility for; returns how many were removed.
@@ -269,22 +194,22 @@ class Outbox:
         Like claims and releases, acks are committed without an fsync of their own: a power
         cut may bring the last acked ops back, to be sent once more and answered `duplicate`.
         """
-        return self._each_chunk(op_ids, _ACK, {})
+        return self._each_chunk(op_ids, ACK, {})
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:
         """Return leased ops after a failed attempt: counted, with the error and retry time."""
-        return self._each_chunk(op_ids, _RELEASE, {"error": error, "retry_at": retry_at})
+        return self._each_chunk(op_ids, RELEASE, {"error": error, "retry_at": retry_at})
 
     def release_unattempted(self, op_ids: Iterable[str]) -> int:
         """Return leased ops that were not sent (e.g. shutdown); no attempt is counted."""
-        return self._each_chunk(op_ids, _RELEASE_UNATTEMPTED, {})
+        return self._each_chunk(op_ids, RELEASE_UNATTEMPTED, {})
 
     def _each_chunk(self, op_ids: Iterable[str], sql: str, extra: dict[str, Any]) -> int:
         ids = list(dict.fromkeys(op_ids))
         changed = 0
         with transaction(self._conn, durable=False):
-            for start in range(0, len(ids), _CHUNK):
-                params = {"ids": json.dumps(ids[start : start + _CHUNK]), **extra}
+            for start in range(0, len(ids), CHUNK):
+                params = {"ids": json.dumps(ids[start : start + CHUNK]), **extra}
                 changed += max(self._conn.execute(sql, params).rowcount, 0)
         return changed
 
@@ -329,10 +254,10 @@ class Outbox:
                 {"ids": json.dumps(ids)},
             ).fetchone()[0]
             rows = self._conn.execute(
-                _TO_RESTAMP,
+                TO_RESTAMP,
                 {"clock": self._state.last_hlc(), "earliest": earliest},
             ).fetchall()
-            ops = [_pending(row).op for row in rows]
+            ops = [pending_from_row(row).op for row in rows]
             if not ops:
                 return []
             stamps = self._state.stamp_many(len(ops))
@@ -369,7 +294,7 @@ class Outbox:
         ).fetchall()
         return [
             QuarantinedOp(
-                op=_op(row[:7]),
+                op=op_from_row(row[:7]),
                 code=row[7],
                 message=row[8],
                 attempts=row[9],
@@ -419,17 +344,17 @@ class Outbox:
     def pending_for(self, collection: str, key: str) -> list[Op]:
         """Every op on the key still in the outbox (pending or in flight), in HLC order."""
         rows = self._conn.execute(
-            _BY_KEY,
+            BY_KEY,
             {"collection": collection, "key": key},
         ).fetchall()
-        return [_pending(row).op for row in rows]
+        return [pending_from_row(row).op for row in rows]
 
     def get(self, op_id: str) -> PendingOp:
         """The op with this id; NotFound if it is not in the outbox."""
-        row = self._conn.execute(_BY_ID, {"op_id": op_id}).fetchone()
+        row = self._conn.execute(BY_ID, {"op_id": op_id}).fetchone()
         if row is None:
             raise NotFound(f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
-        return _pending(row)
+        return pending_from_row(row)
 
     def depth(self) -> int:
         """How many ops are in the outbox (pending and in flight)."""
@@ -480,27 +405,6 @@ def _validate(item: WriteItem, op_id: str, hlc: str) -> Op:
     if item[3] is not None or raw["kind"] != OpKind.DELETE.value:
         raw["data"] = item[3]
     return parse_op(raw)
-
-
-def _load(data: Optional[str]) -> Optional[JsonObject]:
-    return None if data is None else json.loads(data)  # type: ignore[no-any-return]
-
-
-# Plain lookups: calling an Enum class per row costs more than the row's SQL on a Pi.
-_KINDS = {kind.value: kind for kind in OpKind}
-_PRIORITIES = {int(priority): priority for priority in Priority}
-
-
-def _op(row: Sequence[Any]) -> Op:
-    """An Op from (op_id, collection, key, kind, hlc, data, priority)."""
-    op_id, collection, key, kind, hlc, data, priority = row
-    return Op(op_id, collection, key, _KINDS[kind], hlc, _load(data), _PRIORITIES[priority])
-
-
-def _pending(row: Sequence[Any]) -> PendingOp:
-    seq, op_id, collection, key, kind, hlc, data, priority, attempts, enqueued_at, error = row
-    op = Op(op_id, collection, key, _KINDS[kind], hlc, _load(data), _PRIORITIES[priority])
-    return PendingOp(op, seq, attempts, enqueued_at, error)
 
 
 def _owner_alive(owner: Optional[str]) -> bool:
