@@ -67,6 +67,15 @@ def complete_lines(child: subprocess.Popen[str]) -> list[str]:
     return [line for line in text.split("\n")[:-1] if line]
 
 
+# A child whose test died (pytest killed, a timeout) must not loop forever: it stops when
+# orphaned, and after this many seconds in any case.
+MAX_LIFETIME_S = 120.0
+
+
+def abandoned(parent: int, started: float) -> bool:
+    return os.getppid() != parent or time.monotonic() - started > MAX_LIFETIME_S
+
+
 def main(argv: list[str]) -> int:
     mode, path = argv[0], argv[1]
     conn = open_database(path, busy_timeout_s=30)
@@ -81,8 +90,11 @@ def main(argv: list[str]) -> int:
 
 
 def enqueue(outbox: Outbox, count: int, tag: str) -> int:
+    parent, started = os.getppid(), time.monotonic()
     print("ready", flush=True)
     for index in range(count):
+        if index % 100 == 0 and abandoned(parent, started):
+            return 1
         op = outbox.record("items", f"{tag}-{index}", "put", {"n": index, "tag": tag})
         print(op.op_id, flush=True)
     return 0
@@ -92,9 +104,10 @@ def sync(outbox: Outbox, server_path: str) -> int:
     server = sqlite3.connect(server_path, timeout=30, isolation_level=None)
     server.execute("CREATE TABLE IF NOT EXISTS sent (op_id TEXT NOT NULL)")
     server.execute("CREATE TABLE IF NOT EXISTS acked (op_id TEXT NOT NULL)")
+    parent, started = os.getppid(), time.monotonic()
     print("ready", flush=True)
     rng = random.Random()
-    while True:
+    while not abandoned(parent, started):
         batch = outbox.claim(limit=rng.randint(1, 20), lease_s=60)
         if not batch:
             time.sleep(0.005)
@@ -105,6 +118,7 @@ def sync(outbox: Outbox, server_path: str) -> int:
         outbox.ack(item["op_id"] for item in ids)
         with transaction(server):
             server.executemany("INSERT INTO acked (op_id) VALUES (:op_id)", ids)
+    return 1
 
 
 def hold(outbox: Outbox) -> int:
