@@ -94,7 +94,7 @@ def _from_cloudformation(
     stack_name: str, region: str, endpoint_url: Optional[str]
 ) -> dict[str, str]:
     import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     client = boto3.client("cloudformation", region_name=region, endpoint_url=endpoint_url)
     try:
@@ -103,6 +103,8 @@ def _from_cloudformation(
         raise AdminError(
             f"stack {stack_name!r} not found in {region}: check --stack-name and --region"
         ) from exc
+    except NoCredentialsError as exc:
+        raise AdminError("no AWS credentials: configure a profile or AWS_ACCESS_KEY_ID") from exc
     except BotoCoreError as exc:
         raise AdminError(f"cannot reach CloudFormation in {region}: {exc}") from exc
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}

@@ -56,7 +56,7 @@ def expected_view(ops: Iterable[Op]) -> dict[tuple[str, str], Optional[dict[str,
     return views
 
 
-def sync_until_drained(devices: list[Device], *, timeout_s: float = 60) -> None:
+def sync_until_drained(devices: list[Device], *, timeout_s: float = 120) -> None:
     """Sync every device until all outboxes are empty, then once more after the feed settles."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
