@@ -93,7 +93,10 @@ def utc_now() -> str:
 def header(ctx: Context) -> str:
     """The provenance lines every section starts with."""
     mode = " (quick smoke run: small sizes, not for quoting)" if ctx.quick else ""
-    return f"Command: `{ctx.command}`{mode}  \nDate: {ctx.date}  \nMachine: {ctx.machine}\n"
+    load = ""
+    with contextlib.suppress(OSError, AttributeError):
+        load = f" (load average {os.getloadavg()[0]:.2f} when this section was written)"
+    return f"Command: `{ctx.command}`{mode}  \nDate: {ctx.date}  \nMachine: {ctx.machine}{load}\n"
 
 
 def goals_table(goals: Sequence[Goal]) -> str:

@@ -20,6 +20,7 @@ Each variant runs twice, alternating, on fresh keys; the faster run of each is k
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 import time
@@ -221,9 +222,14 @@ def _children(pid: int) -> set[int]:
 
 
 def _stage(frames: list[str], moto_pids: set[int]) -> str:
-    head = frames[0]
-    pid = head[len("process ") :].split(":", 1)[0] if head.startswith("process ") else ""
-    is_moto = (pid.isdigit() and int(pid) in moto_pids) or any("moto/" in f for f in frames)
+    # With --subprocesses a child's stack starts with its parents' process frames.
+    heads = [f for f in frames[:4] if f.startswith("process ")]
+    pids = {h[len("process ") :].split(":", 1)[0] for h in heads}
+    is_moto = (
+        any(p.isdigit() and int(p) in moto_pids for p in pids)
+        or any("ThreadedMotoServer" in h for h in heads)
+        or any("moto/" in f for f in frames)
+    )
     for name, mark in _MOTO_STAGES if is_moto else _HANDLER_STAGES:
         if not mark or any(mark in frame for frame in frames):
             return name
@@ -248,13 +254,11 @@ def profile_push(stack: Any, tmp: Path, n: int, seconds: float) -> dict[str, Any
     kit = _Kit(stack, tmp, "kit-profile")
     kit.agent.put_many(_docs(n, "profile"))
     out = tmp / "spy.txt"
-    args = [spy, "record", "--format", "raw", "-o", str(out), "-r", "50"]
+    args = [spy, "record", "--format", "raw", "-o", str(out), "-r", "100"]
     args += ["-d", str(int(seconds)), "--subprocesses", "-p", str(stack.proc.pid)]
-    proc = subprocess.Popen(
-        args,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp / "spy.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
     try:
         time.sleep(1.0)
         push_all(kit.agent)
@@ -266,16 +270,17 @@ def profile_push(stack: Any, tmp: Path, n: int, seconds: float) -> dict[str, Any
             proc.wait(5)
         kit.agent.close()
     if not out.exists():
-        return {"available": False}
+        return {"available": False, "error": log.read_text()[-300:]}
     moto_pids = _children(stack.proc.pid)
     busy = 0
     stages: dict[str, int] = {name: 0 for name, _ in _HANDLER_STAGES + _MOTO_STAGES}
     leaves: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        stack_text, _, count = line.rpartition(" ")
-        if not stack_text or not count.isdigit():
+    # A record is "frame;frame;... count"; a process frame may hold a multi-line command
+    # line (moto's child runs `python -c SCRIPT`), so records are split on the count.
+    for record, count in re.findall(r"(.*?) (\d+)\n", out.read_text(), flags=re.S):
+        if not record.strip():
             continue
-        frames = stack_text.split(";")
+        frames = record.strip().split(";")
         if any(mark in frames[-1] for mark in _IDLE):
             continue
         samples = int(count)
@@ -325,6 +330,10 @@ def run(quick: bool) -> dict[str, Any]:
         out["kit_record_s"] = kit_info["record_s"]
         kit.agent.close()
         out["devices"] = [devices_run(stack, Path(tmp), d, device_total) for d in DEVICE_COUNTS]
+        # Untimed, after the measurements: where the local cloud spends its time.
+        out["profile"] = (
+            {"available": False} if quick else profile_push(stack, Path(tmp), 500, 12.0)
+        )
     return out
 
 
@@ -411,6 +420,8 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
 
 
 def _profile_text(profile: dict[str, Any]) -> str:
+    if profile.get("error"):
+        return f"\n(The py-spy profile failed: `{profile['error'].strip()}`.)\n"
     if not profile.get("available"):
         return (
             "\n(No py-spy profile in this run: py-spy is not installed, or a quick run. "
@@ -423,7 +434,7 @@ def _profile_text(profile: dict[str, Any]) -> str:
     top = [[f"`{frame[:90]}`", f"{100 * samples / busy:.0f}%"] for frame, samples in profile["top"]]
     return (
         f"\nWhere sync-local spends its busy time while the agent pushes {profile['ops']} "
-        "ops (py-spy at 50 Hz on the sync-local process and its moto child, all threads, "
+        "ops (py-spy at 100 Hz on the sync-local process and its moto child, all threads, "
         "idle waits left out; a sample counts in the first stage, top to bottom, that "
         "matches its stack):\n\n"
         + table(["stage", "share of busy samples"], rows)

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import re
+import signal
 import sys
 import time
 import traceback
@@ -157,6 +158,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     command = " ".join(["python -m bench.run_all", *raw])
     ctx = Context(command=command, date=utc_now(), machine=machine(), quick=args.quick)
     IMG.mkdir(parents=True, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so every benchmark stops the servers it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.monotonic()
     sections: dict[str, Section] = {}
     for name in selected:
