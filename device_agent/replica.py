@@ -37,6 +37,16 @@ class Replica:
                 count += 1
         return count
 
+    def apply_op(self, op: Op) -> Record:
+        """Fold one of this device's ops that the cloud took responsibility for.
+
+        The op leaves the outbox in the same transaction, so the local view keeps showing
+        it without waiting for the change to come back through a pull.
+        """
+        with transaction(self._conn):
+            current = self.get_record(op.collection, op.key)
+            return self._store(apply_lww(current, op).record)
+
     def get_record(self, collection: str, key: str) -> Optional[Record]:
         """The stored record, tombstones included (None if the cloud never sent one)."""
         row = self._conn.execute(
@@ -83,6 +93,9 @@ class Replica:
     def _apply(self, record: Record) -> Record:
         merged = merge_records(self.get_record(record.collection, record.key), record)
         assert merged is not None  # merging with a record never yields None
+        return self._store(merged)
+
+    def _store(self, merged: Record) -> Record:
         self._conn.execute(
             "INSERT INTO replica (collection, key, data, clock) "
             "VALUES (:collection, :key, :data, :clock) "

@@ -258,6 +258,8 @@ class SyncEngine:
                     missing.append(pending)
                     continue
                 if result.status in _ACK or result.status in _FOLD:
+                    # The op leaves the outbox: keep it in the local view through the replica.
+                    self.replica.apply_op(pending.op)
                     if result.status in _FOLD and result.record is not None:
                         self.replica.apply(result.record)
                     acks.append(pending.op.op_id)

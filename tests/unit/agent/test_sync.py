@@ -149,6 +149,21 @@ def test_queued_ops_are_acked_and_counted(rig: Rig, server: ProtocolServer) -> N
     assert agent.status()["pending"] == 0
 
 
+def test_an_acked_write_stays_in_the_local_view_before_the_cloud_sends_it_back(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a write the cloud queued: acked now, so not in the outbox, and not yet in any pull
+    agent = rig.agent()
+    op_id = agent.put("prefs", "u1", {"currency": "BTC"})
+    server.force(op_id, "queued")
+    # When the device syncs
+    summary = agent.sync(timeout=10)
+    # Then the outbox is empty and the user still sees their write
+    assert summary.queued == 1 and agent.status()["pending"] == 0
+    assert server.document("prefs", "u1") is None
+    assert agent.get("prefs", "u1") == {"currency": "BTC"}
+
+
 def test_a_rejected_op_is_quarantined_and_does_not_hold_back_the_others(
     rig: Rig, server: ProtocolServer
 ) -> None:
