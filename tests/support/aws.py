@@ -88,10 +88,14 @@ class _Resolver:
     physical: dict[str, dict[str, str]] = field(default_factory=dict)  # logical -> attrs
     stack_name: str = "fieldsync"
     parameters: dict[str, str] = field(default_factory=dict)
+    region: str = REGION
 
     def parameter(self, name: str) -> str:
-        pseudo = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackName": ""}
-        pseudo["AWS::StackName"] = self.stack_name
+        pseudo = {
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::StackName": self.stack_name,
+        }
         if name in pseudo:
             return pseudo[name]
         if name in self.parameters:
@@ -204,18 +208,23 @@ def build_stack(
     *,
     prefix: str = "fieldsync-test",
     parameters: Optional[Mapping[str, str]] = None,
+    region: str = REGION,
 ) -> Stack:
-    """Create the template's tables and queues in the account boto3 currently targets."""
+    """Create the template's tables and queues in the account boto3 currently targets.
+
+    `parameters` override the template's parameter defaults (e.g. {"Stage": "prod"}).
+    """
     template = template if template is not None else load_template()
     resolver = _Resolver(template, stack_name=prefix, parameters=dict(parameters or {}))
-    dynamodb = boto3.client("dynamodb", region_name=REGION)
-    sqs = boto3.client("sqs", region_name=REGION)
+    resolver.region = region
+    dynamodb = boto3.client("dynamodb", region_name=region)
+    sqs = boto3.client("sqs", region_name=region)
     tables: dict[str, str] = {}
     for logical, resource in resources_of_type(template, "AWS::DynamoDB::Table").items():
         name = f"{prefix}-{logical}"
         _create_table(dynamodb, name, resolver.resolve(resource["Properties"]))
         tables[logical] = name
-        arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+        arn = dynamodb.describe_table(TableName=name)["Table"]["TableArn"]
         resolver.physical[logical] = {"Ref": name, "Arn": arn}
     queues: dict[str, str] = {}
     pending = dict(resources_of_type(template, "AWS::SQS::Queue"))
@@ -227,7 +236,9 @@ def build_stack(
                 continue
             name = f"{prefix}-{logical}"
             url = sqs.create_queue(QueueName=name, Attributes=_queue_attributes(props))["QueueUrl"]
-            arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
             resolver.physical[logical] = {"Ref": url, "Arn": arn, "QueueName": name}
             queues[logical] = url
             del pending[logical]
