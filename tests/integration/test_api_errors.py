@@ -56,6 +56,15 @@ def test_corrupt_gzip_is_400(cloud: Cloud) -> None:
     assert "gzip" in response.body["error"]["message"]
 
 
+def test_truncated_gzip_is_400(cloud: Cloud) -> None:
+    event = load_event("batch_gzip_base64.json")
+    whole = base64.b64decode(event["body"])
+    event["body"] = base64.b64encode(whole[: len(whole) // 2]).decode()
+    response = cloud.http("BatchesFunction", event)
+    assert response.status == 400
+    assert "truncated" in response.body["error"]["message"]
+
+
 def test_unsupported_content_encoding_is_415(cloud: Cloud) -> None:
     event = load_event("batch_gzip_base64.json")
     event["headers"]["Content-Encoding"] = "br"
