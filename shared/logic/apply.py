@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import random
 import time
-from typing import Optional
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
 
 from shared.config import Settings
 from shared.conflict import (
@@ -28,6 +29,7 @@ from shared.conflict import (
 )
 from shared.contracts import Op, Record
 from shared.dal import records
+from shared.dal.records import StoredRecord
 from shared.errors import (
     ApplyFailed,
     ConfigurationError,
@@ -138,3 +140,84 @@ def apply_op(tenant_id: str, op: Op, settings: Settings) -> Resolution:
         f"the record was changed by other writers {settings.apply_max_attempts} times in a row",
         reason="contention",
     )
+
+
+RecordKey = tuple[str, str]  # (collection, key)
+Outcome = Union[Resolution, ApplyFailed, RecordTooLarge]
+"""What became of one op: committed (or a no-op), to be queued, or to be rejected."""
+
+
+def load_current(
+    tenant_id: str, keys: Iterable[RecordKey]
+) -> dict[RecordKey, Optional[StoredRecord]]:
+    """The current records of a batch's keys, strongly consistent, in as few calls as possible.
+
+    One key is one GetItem; more are one BatchGetItem per 100 keys. Raises ApplyFailed
+    (queue the ops) when the store cannot be read.
+    """
+    wanted = list(dict.fromkeys(keys))
+    try:
+        if len(wanted) == 1:
+            collection, key = wanted[0]
+            return {wanted[0]: records.load(tenant_id, collection, key)}
+        return records.load_many(tenant_id, wanted)
+    except StoreError as exc:
+        raise ApplyFailed(str(exc), reason=_reason(exc)) from exc
+
+
+def _apply_each(tenant_id: str, ops: Sequence[Op], settings: Settings) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for op in ops:
+        try:
+            outcomes.append(apply_op(tenant_id, op, settings))
+        except (ApplyFailed, RecordTooLarge) as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def apply_ops(
+    tenant_id: str, ops: Sequence[Op], stored: Optional[StoredRecord], settings: Settings
+) -> list[Outcome]:
+    """Apply ops on one record, in request order, from its prefetched state: one write in all.
+
+    Each op is resolved against the state its predecessors left, exactly as if they had been
+    written one by one, so each gets the status it would have had; the final state is written
+    once, conditioned on the prefetched version. If another writer got there first (or the
+    combined record is too large to store) the ops from the first one that changed something
+    are applied again one by one with `apply_op` (re-read, resolve, write), which also decides
+    which op a size limit rejects. If the write is throttled or fails, every op resolved
+    against the unwritten state is answered with the failure (to be queued); the ops before
+    it were decided against the committed record and keep their answers.
+    """
+    outcomes: list[Outcome] = []
+    current = stored.record if stored else None
+    first_change: Optional[int] = None
+    for index, op in enumerate(ops):
+        try:
+            resolution = _resolve(settings.conflict_strategies, current, op)
+        except ApplyFailed as exc:
+            outcomes.append(exc)
+            continue
+        if resolution.changed:
+            current = resolution.record
+            first_change = index if first_change is None else first_change
+        outcomes.append(resolution)
+    if first_change is None or current is None:
+        return outcomes
+    try:
+        records.save(
+            tenant_id,
+            current,
+            expected_version=stored.version if stored else 0,
+            changed_at=stamp_change(),
+            tombstone_ttl_s=settings.tombstone_retention_days * 86_400,
+        )
+    except (WriteConflict, RecordTooLarge):
+        return outcomes[:first_change] + _apply_each(tenant_id, ops[first_change:], settings)
+    except StoreError as exc:
+        failure = ApplyFailed(str(exc), reason=_reason(exc))
+        return outcomes[:first_change] + [
+            outcome if isinstance(outcome, ApplyFailed) else failure
+            for outcome in outcomes[first_change:]
+        ]
+    return outcomes

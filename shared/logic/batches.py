@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from shared.config import Settings
 from shared.contracts import (
@@ -31,6 +31,7 @@ from shared.contracts import (
     parse_hlc,
 )
 from shared.dal import Principal, RetryMessage, enqueue
+from shared.dal.records import StoredRecord
 from shared.errors import (
     ApplyFailed,
     BadRequest,
@@ -39,7 +40,7 @@ from shared.errors import (
     RecordTooLarge,
     ServiceUnavailable,
 )
-from shared.logic.apply import apply_op
+from shared.logic.apply import Outcome, RecordKey, apply_ops, load_current
 from shared.logic.body import decode_json_body, limits_details
 from shared.logic.clock import now_ms, observe, server_time
 from shared.observability import MetricUnit, logger, metrics
@@ -92,19 +93,15 @@ def _precheck(op: Op, principal: Principal, settings: Settings, now: int) -> Opt
     return None
 
 
-def _apply_one(op: Op, principal: Principal, batch_id: str, settings: Settings) -> OpResult:
-    rejection = _precheck(op, principal, settings, now_ms())
-    if rejection is not None:
-        return rejection
-    observe(op.hlc)
-    try:
-        resolution = apply_op(principal.tenant_id, op, settings)
-    except RecordTooLarge as exc:
-        return OpResult(op.op_id, OpStatus.REJECTED, error=OpError(ErrorCode.TOO_LARGE, str(exc)))
-    except ApplyFailed as exc:
-        return _queue(op, principal, batch_id, exc)
-    keep_record = resolution.status in (OpStatus.SUPERSEDED, OpStatus.MERGED)
-    return OpResult(op.op_id, resolution.status, resolution.record if keep_record else None)
+def _answer(op: Op, outcome: Outcome, principal: Principal, batch_id: str) -> OpResult:
+    if isinstance(outcome, RecordTooLarge):
+        return OpResult(
+            op.op_id, OpStatus.REJECTED, error=OpError(ErrorCode.TOO_LARGE, str(outcome))
+        )
+    if isinstance(outcome, ApplyFailed):
+        return _queue(op, principal, batch_id, outcome)
+    keep_record = outcome.status in (OpStatus.SUPERSEDED, OpStatus.MERGED)
+    return OpResult(op.op_id, outcome.status, outcome.record if keep_record else None)
 
 
 def _queue(op: Op, principal: Principal, batch_id: str, failure: ApplyFailed) -> OpResult:
@@ -126,12 +123,11 @@ def _queue(op: Op, principal: Principal, batch_id: str, failure: ApplyFailed) ->
     return OpResult(op.op_id, OpStatus.QUEUED)
 
 
-def _group_by_record(items: Sequence[Union[Op, RejectedOp]]) -> list[list[tuple[int, Op]]]:
-    groups: dict[tuple[str, str], list[tuple[int, Op]]] = {}
-    for index, item in enumerate(items):
-        if isinstance(item, Op):
-            groups.setdefault((item.collection, item.key), []).append((index, item))
-    return list(groups.values())
+def _group_by_record(items: Sequence[tuple[int, Op]]) -> dict[RecordKey, list[tuple[int, Op]]]:
+    groups: dict[RecordKey, list[tuple[int, Op]]] = {}
+    for index, op in items:
+        groups.setdefault((op.collection, op.key), []).append((index, op))
+    return groups
 
 
 def parse(raw: Any, settings: Settings) -> ParsedBatch:
@@ -157,24 +153,51 @@ def apply_batch(raw: Any, principal: Principal, settings: Settings) -> BatchResp
     results: list[Optional[OpResult]] = [
         item.to_result() if isinstance(item, RejectedOp) else None for item in batch.items
     ]
+    now = now_ms()
+    accepted: list[tuple[int, Op]] = []
+    for index, item in enumerate(batch.items):
+        if isinstance(item, Op):
+            rejection = _precheck(item, principal, settings, now)
+            if rejection is None:
+                observe(item.hlc)
+                accepted.append((index, item))
+            else:
+                results[index] = rejection
+    groups = _group_by_record(accepted)
+    # One read for the whole batch (BatchGetItem), then one conditional write per record.
+    prefetched: dict[RecordKey, Optional[StoredRecord]] = {}
+    unreadable: Optional[ApplyFailed] = None
+    if groups:
+        try:
+            prefetched = load_current(principal.tenant_id, groups)
+        except ApplyFailed as exc:
+            unreadable = exc
     failures: list[_DualFailure] = []
     stop = threading.Event()
 
-    def run(group: list[tuple[int, Op]]) -> None:
-        for index, op in group:
+    def run(key: RecordKey) -> None:
+        group = groups[key]
+        if stop.is_set():
+            return
+        ops = [op for _, op in group]
+        outcomes: list[Outcome] = (
+            [unreadable] * len(ops)
+            if unreadable is not None
+            else apply_ops(principal.tenant_id, ops, prefetched[key], settings)
+        )
+        for (index, op), outcome in zip(group, outcomes):
             if stop.is_set():
                 return
             try:
-                results[index] = _apply_one(op, principal, batch.batch_id, settings)
+                results[index] = _answer(op, outcome, principal, batch.batch_id)
             except _DualFailure as exc:
                 failures.append(exc)
                 stop.set()
                 return
 
-    groups = _group_by_record(batch.items)
     if len(groups) <= 1:
-        for group in groups:
-            run(group)
+        for key in groups:
+            run(key)
     else:
         with ThreadPoolExecutor(max_workers=min(settings.apply_concurrency, len(groups))) as pool:
             list(pool.map(run, groups))

@@ -24,6 +24,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,6 +436,58 @@ def slow_requests(
     event = f"before-send.dynamodb.{operation}"
     unique_id = f"fieldsync-slow-{next(_Fault._ids)}"
     client.meta.events.register_first(event, delay, unique_id=unique_id)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
+
+
+@contextlib.contextmanager
+def count_requests(client: Any) -> Iterator[Counter[str]]:
+    """Count the DynamoDB operations a client sends while active ({"PutItem": 3, ...})."""
+    counts: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        counts[model.name] += 1
+
+    unique_id = f"fieldsync-count-{next(_Fault._ids)}"
+    client.meta.events.register("before-call.dynamodb", count, unique_id=unique_id)
+    try:
+        yield counts
+    finally:
+        client.meta.events.unregister("before-call.dynamodb", unique_id=unique_id)
+
+
+@contextlib.contextmanager
+def before_request(
+    client: Any, operation: str, action: Callable[[dict[str, Any]], None]
+) -> Iterator[None]:
+    """Run `action(params)` before each `operation` request is built (e.g. a rival write)."""
+
+    def hook(params: dict[str, Any], **_: Any) -> None:
+        action(params)
+
+    unique_id = f"fieldsync-before-{next(_Fault._ids)}"
+    event = f"before-parameter-build.dynamodb.{operation}"
+    client.meta.events.register(event, hook, unique_id=unique_id)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
+
+
+@contextlib.contextmanager
+def edit_responses(
+    client: Any, operation: str, edit: Callable[[dict[str, Any]], None]
+) -> Iterator[None]:
+    """Let `edit(parsed)` change each parsed `operation` response (e.g. leave keys unprocessed)."""
+
+    def hook(parsed: dict[str, Any], **_: Any) -> None:
+        edit(parsed)
+
+    unique_id = f"fieldsync-edit-{next(_Fault._ids)}"
+    event = f"after-call.dynamodb.{operation}"
+    client.meta.events.register(event, hook, unique_id=unique_id)
     try:
         yield
     finally:
