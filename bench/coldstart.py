@@ -414,22 +414,35 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
             if not f["shipped"]["error"] and not f["bytecode"]["error"]
         ]
         boto = [f["shipped"]["boto3_median_ms"] for f in fns if not f["shipped"]["error"]]
+        parts = []
+        if compile_cost and max(compile_cost) > 50:
+            parts.append(
+                "the layer ships without bytecode, so each cold start compiles powertools, "
+                "pynamodb, aws_xray_sdk and shared/: "
+                f"{fmt(min(compile_cost))}-{fmt(max(compile_cost))} ms of the figures above "
+                "(as shipped minus with bytecode). Fix (layer/Makefile): compile the layer "
+                '(`$(PYTHON) -m compileall -q --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)'
+                '/python"`) instead of deleting `__pycache__`'
+            )
+        if boto and min(boto) > 0:
+            parts.append(
+                "every handler, the health check included, imports boto3 (with botocore, "
+                f"s3transfer and urllib3 under it: {fmt(min(boto))}-{fmt(max(boto))} ms) "
+                "although only the SQS client needs it: `shared/logic/rest.py` imports "
+                "`Principal` from the `shared.dal` package, whose `__init__` imports "
+                "`shared.dal.devices` -> `shared.dal.aws`, which imports boto3 at module "
+                "level. Fix (shared/dal/aws.py, shared/logic/rest.py): import boto3 inside "
+                "the function that builds the SQS client, and import `Principal` from its "
+                "own module so handlers that need no table do not run `shared.dal`'s "
+                "`__init__`"
+            )
+        parts.append(
+            "`aws_lambda_powertools.event_handler` imports every resolver (AppSync, "
+            "Bedrock, VPC Lattice...) and asyncio; that is the library's price"
+        )
         body += (
-            "\nWhy the import goal is missed (from the importtime trees): (1) the layer ships "
-            "without bytecode, so each cold start compiles powertools, pynamodb, aws_xray_sdk "
-            f"and shared/: {fmt(min(compile_cost))}-{fmt(max(compile_cost))} ms of the figures "
-            "above (as shipped minus with bytecode); (2) every handler, the health check "
-            "included, imports boto3 (with botocore, s3transfer and urllib3 under it, "
-            f"{fmt(min(boto))}-{fmt(max(boto))} ms) although only the SQS client needs it: "
-            "`shared/logic/rest.py` imports `Principal` from the `shared.dal` package, whose "
-            "`__init__` imports `shared.dal.devices` -> `shared.dal.aws`, which does `import "
-            "boto3` at module level; (3) `aws_lambda_powertools.event_handler` imports every "
-            "resolver (AppSync, Bedrock, VPC Lattice...) and asyncio. Fixes, in others' files: "
-            "layer/Makefile should compile the layer (`$(PYTHON) -m compileall -q "
-            '--invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)/python"` instead of '
-            "deleting `__pycache__`; `--no-compile` then no longer matters); "
-            "`shared/dal/aws.py` should import boto3 inside the function that builds the SQS "
-            "client, and `shared/logic/rest.py` should import `Principal` from its own module "
-            "so `shared.dal`'s package `__init__` is not run by handlers that need no table.\n"
+            "\nWhy the import goal is missed (from the importtime trees): "
+            + "; ".join(f"({i}) {p}" for i, p in enumerate(parts, 1))
+            + ".\n"
         )
     return Section("Cold start and size", body, goals, ["img/coldstart_import.png"])

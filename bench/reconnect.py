@@ -233,6 +233,10 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
         f"connect/read timeouts {results['timeout_s']:g} s (default 5 s / 30 s) so a trial "
         "takes seconds; everything else is the worker's default (poll "
         f"{d['poll_interval_s']:g} s, probe backoff {d['probe_backoff'].strip(chr(39))}).\n\n"
+        "Scope: the outages here are short, so when the link comes back the worker's "
+        "probe backoff is still at its first steps (gaps of 1-4 s); after a long outage its "
+        "probes are up to its cap (30 s) apart and the time to notice the link grows with "
+        "them (the Reconnect herd section measures that case).\n\n"
         "![reconnect](img/reconnect_latency.png)\n\n"
         + table(["seconds after the link came back", "p50", "p90", "max"], summary)
         + "\nPer trial:\n\n"
