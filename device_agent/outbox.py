@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from device_agent.db import transaction
 from device_agent.errors import NotFound, OutboxFull
@@ -28,6 +28,7 @@ from device_agent.outbox_model import (
     WriteItem,
     op_from_row,
     pending_from_row,
+    pending_from_rows,
 )
 from device_agent.outbox_sql import (
     ACK,
@@ -40,9 +41,10 @@ from device_agent.outbox_sql import (
     RELEASE_UNATTEMPTED,
     TO_RESTAMP,
 )
-from device_agent.outbox_write import new_op_ids, store_ops
+from device_agent.outbox_write import encode, new_op_ids, store_ops, stored_size
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
+from shared.contracts.validation import encode_valid_op
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -116,10 +118,11 @@ class Outbox:
         writes = list(items)
         if not writes:
             return []
-        # Validate before taking the write lock, with a placeholder HLC of the real length.
+        # Validate before taking the write lock, with a placeholder HLC of the real length;
+        # each op's data is encoded once, for the size limit and for storage.
         placeholder = f"{0:013d}-00000-{self._state.node_hint}"
         drafts = [
-            _validate(item, op_id, placeholder)
+            _prepare(item, op_id, placeholder)
             for item, op_id in zip(writes, new_op_ids(len(writes)))
         ]
         now = self._now()
@@ -129,7 +132,7 @@ class Outbox:
                 Op(d.op_id, d.collection, d.key, d.kind, hlc, d.data, d.priority)
                 for d, hlc in zip(drafts, stamps)
             ]
-            stored, growth = store_ops(self._conn, ops, now)
+            stored, growth = store_ops(self._conn, ops, now, [(d.text, d.size) for d in drafts])
             self._check_bounds(growth)
         return stored
 
@@ -186,7 +189,7 @@ class Outbox:
                 "owner": self._owner,
             }
             self._conn.execute(LEASE, params)
-        return [pending_from_row(row[:11]) for row in rows]
+        return pending_from_rows(rows)
 
     def ack(self, op_ids: Iterable[str]) -> int:
         """Remove ops the cloud has taken responsibility for; returns how many were removed.
@@ -389,22 +392,63 @@ class Outbox:
         )
 
 
-def _validate(item: WriteItem, op_id: str, hlc: str) -> Op:
+_KINDS = {kind.value: kind for kind in OpKind}
+
+
+class _Draft(NamedTuple):
+    """A validated write before its HLC: the op's fields and its encoded data."""
+
+    op_id: str
+    collection: str
+    key: str
+    kind: OpKind
+    data: Optional[JsonObject]
+    priority: Priority
+    text: Optional[str]
+    size: int
+
+
+def _prepare(item: WriteItem, op_id: str, hlc: str) -> _Draft:
     if len(item) not in (4, 5):
         raise ValueError(f"a write is (collection, key, kind, data[, priority]), got {item!r}")
-    kind = item[2]
+    collection, key, kind, data = item[0], item[1], item[2], item[3]
     priority = Priority.parse(item[4]) if len(item) == 5 else Priority.NORMAL  # type: ignore[misc]
+    kind_value = kind.value if isinstance(kind, OpKind) else kind
+    checked = encode_valid_op(
+        op_id,
+        hlc,
+        collection=collection,
+        key=key,
+        kind=kind_value,
+        data=data,
+        priority=int(priority),
+    )
+    if checked is not None:
+        text, data_bytes = checked
+        return _Draft(
+            op_id,
+            collection,
+            key,
+            _KINDS[kind_value],
+            None if data is None else dict(data),
+            priority,
+            text,
+            stored_size(op_id, collection, key, data_bytes),
+        )
+    # Not certainly valid: parse_op decides, and names every problem if there is one.
     raw: JsonObject = {
         "op_id": op_id,
-        "collection": item[0],
-        "key": item[1],
-        "kind": kind.value if isinstance(kind, OpKind) else kind,
+        "collection": collection,
+        "key": key,
+        "kind": kind_value,
         "hlc": hlc,
         "priority": int(priority),
     }
-    if item[3] is not None or raw["kind"] != OpKind.DELETE.value:
-        raw["data"] = item[3]
-    return parse_op(raw)
+    if data is not None or kind_value != OpKind.DELETE.value:
+        raw["data"] = data
+    op = parse_op(raw)
+    text, size = encode(op)
+    return _Draft(op.op_id, op.collection, op.key, op.kind, op.data, op.priority, text, size)
 
 
 def _owner_alive(owner: Optional[str]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from device_agent.db import transaction
 from shared.contracts import HybridLogicalClock, parse_hlc
-from shared.contracts.hlc import format_hlc, validate_node_id, wall_clock_ms
+from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall_clock_ms
 
 # Below this a measured offset is network delay, not a wrong clock: do not correct for it.
 CLOCK_CORRECTION_THRESHOLD_MS = 2_000
@@ -148,8 +148,20 @@ class AgentState:
         """`count` increasing HLCs in one read-modify-write of the persisted clock."""
         with transaction(self._conn):
             clock, correction = self._load_clock()
-            stamps = [clock.send() for _ in range(count)]
-            self._save_clock(clock.last, correction)
+            first = clock.send()
+            stamps = [first]
+            if count > 1:
+                # The rest as if the wall clock stood still meanwhile (a valid reading): each
+                # stamp ticks the logical counter, rolling into the next ms when it is full.
+                physical, logical, node = first.split("-", 2)
+                ms, tick = int(physical), int(logical)
+                for _ in range(count - 1):
+                    if tick >= MAX_LOGICAL:
+                        ms, tick = ms + 1, 0
+                    else:
+                        tick += 1
+                    stamps.append(f"{ms:013d}-{tick:05d}-{node}")
+            self._save_clock(stamps[-1], correction)
         return stamps
 
     def last_hlc(self) -> str:

@@ -7,6 +7,7 @@ A problem inside one op of a batch does not fail the batch: `parse_batch` return
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -177,6 +178,76 @@ def parse_op(raw: Any, path: str = "op") -> Op:
         data=None if kind is OpKind.DELETE else dict(raw["data"]),
         priority=Priority(raw.get("priority", int(Priority.NORMAL))),
     )
+
+
+# `encoded_size`'s encoding, built once: the stored data text and the size limit share it.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# The compact JSON of an op without its values: {"op_id":"","collection":"","key":"",...}.
+_OP_FRAME = len('{"op_id":"","collection":"","key":"","kind":"","hlc":"","priority":}')
+_DATA_FRAME = len(',"data":')
+_QUOTE_OR_BACKSLASH = re.compile(r'["\\]')
+
+
+def encode_valid_op(
+    op_id: str,
+    hlc: str,
+    *,
+    collection: Any,
+    key: Any,
+    kind: Any,
+    data: Any,
+    priority: int,
+) -> Optional[tuple[Optional[str], int]]:
+    """The compact JSON of an op's data and its length in UTF-8 bytes, if the op is valid.
+
+    For a device recording its own writes: the op is encoded once, for the size limit and
+    for storage. None means "not certainly valid": call `parse_op`, which decides and names
+    every problem (so messages stay those of `parse_op`). The op is the one `parse_op` would
+    get as `{op_id, collection, key, kind, hlc, priority[, data]}` (`data` absent for a delete
+    without data).
+    """
+    if (
+        type(collection) is not str
+        or type(key) is not str
+        or type(priority) is not int
+        or priority not in _PRIORITIES
+        or not _ID_RE.match(op_id)
+        or not is_hlc(hlc)
+        or not _COLLECTION_RE.match(collection)
+        or not 0 < len(key) <= limits.MAX_KEY_CHARS
+        or _CONTROL_RE.search(key)
+        or _QUOTE_OR_BACKSLASH.search(key)
+        or not key.isascii()
+    ):
+        return None
+    size = _OP_FRAME + len(op_id) + len(collection) + len(key) + len(hlc) + len(str(priority))
+    if kind == "delete":
+        if data is not None:
+            return None
+        text, data_bytes = None, 0
+        size += len(kind)
+    elif kind in {"put", "patch"}:
+        if type(data) is not dict or (kind == "patch" and not data):
+            return None
+        nulls_allowed = kind == "patch"
+        for name, value in data.items():
+            if (
+                type(name) is not str
+                or not 0 < len(name) <= limits.MAX_FIELD_NAME_CHARS
+                or (value is None and not nulls_allowed)
+            ):
+                return None
+        try:
+            text = _ENCODE(data)
+            data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
+        except (TypeError, ValueError):
+            return None
+        size += len(kind) + _DATA_FRAME + data_bytes
+    else:
+        return None
+    if size > limits.MAX_OP_BYTES:
+        return None
+    return text, data_bytes
 
 
 def parse_batch(raw: Any, *, max_ops: int = limits.MAX_OPS_PER_BATCH) -> ParsedBatch:
