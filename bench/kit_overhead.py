@@ -309,7 +309,7 @@ def profile_push(stack: Any, tmp: Path, n: int, seconds: float) -> dict[str, Any
 
 
 def run(quick: bool) -> dict[str, Any]:
-    n = 150 if quick else 600
+    n = 150 if quick else 500
     device_total = 64 if quick else 480
     concurrency = _apply_concurrency()
     RETRIES.clear()

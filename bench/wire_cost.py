@@ -102,7 +102,7 @@ def _counters(proxy: CountingProxy, n: int, seconds: float, agent_requests: int)
 
 def run(quick: bool) -> dict[str, Any]:
     backlogs = [100, 300] if quick else [500, 2000]
-    naive_n = 50 if quick else 200
+    naive_n = 50 if quick else 150
     out: dict[str, Any] = {"backlogs": backlogs, "kit": [], "naive": None}
     with local_stack() as stack, tempfile.TemporaryDirectory(prefix="fieldsync-wire-") as tmp:
         gateway = urlparse(stack.endpoint)
