@@ -66,6 +66,7 @@ class Context:
     date: str
     machine: str
     quick: bool
+    code: str = ""
 
 
 def machine() -> str:
@@ -84,6 +85,33 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )
+
+
+def code_version() -> str:
+    """The commit measured, and whether code outside bench/ and docs/ had local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    changed = [line[3:] for line in status if not line[3:].startswith(("bench/", "docs/"))]
+    if not changed:
+        return f"commit {head}"
+    return f"commit {head} with uncommitted changes to {len(changed)} file(s) outside bench/"
 
 
 def utc_now() -> str:

@@ -23,7 +23,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from bench.common import DOCS, IMG, Context, Goal, Section, goals_table, machine, utc_now
+from bench.common import (
+    DOCS,
+    IMG,
+    Context,
+    Goal,
+    Section,
+    code_version,
+    goals_table,
+    machine,
+    utc_now,
+)
 
 # name -> (module, section title), in the order the sections appear in the document.
 BENCHES: dict[str, tuple[str, str]] = {
@@ -156,7 +166,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     selected = names or list(BENCHES)
     raw = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m bench.run_all", *raw])
-    ctx = Context(command=command, date=utc_now(), machine=machine(), quick=args.quick)
+    ctx = Context(
+        command=command,
+        date=utc_now(),
+        machine=machine(),
+        quick=args.quick,
+        code=code_version(),
+    )
     IMG.mkdir(parents=True, exist_ok=True)
     # SIGTERM unwinds like Ctrl-C, so every benchmark stops the servers it started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
