@@ -236,7 +236,16 @@ class RetryBudget:
 
 
 class ReconnectJitter:
-    """A random delay in [0, window_s) before the first request after connectivity returns."""
+    """A random delay within the window before the first request after connectivity returns.
+
+    Learnt at a shared instant (a link-up event every device hears at once), the whole
+    window is used: uniform in [0, window_s). Learnt by a device's own jittered probe, the
+    device has already waited a random, device-specific time (`waited_s`, since its previous
+    failed probe) that spread the fleet out; that time counts against the window, and the
+    delay is uniform over what is left of it: [0, window_s - waited_s), zero once the window
+    is used up. Either way the first request goes out within `window_s` of the moment the
+    device started waiting.
+    """
 
     def __init__(self, window_s: float = 10.0, *, rng: Optional[random.Random] = None) -> None:
         if window_s < 0:
@@ -244,8 +253,10 @@ class ReconnectJitter:
         self.window_s = window_s
         self._rng = rng or random.Random()
 
-    def delay(self) -> float:
-        return self._rng.uniform(0.0, self.window_s) if self.window_s else 0.0
+    def delay(self, waited_s: float = 0.0) -> float:
+        """Seconds to wait before the first request; `waited_s` already spent counts."""
+        left = self.window_s - max(0.0, waited_s)
+        return self._rng.uniform(0.0, left) if left > 0 else 0.0
 
 
 class RetryPolicy:
