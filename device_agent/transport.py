@@ -240,6 +240,7 @@ class HttpTransport:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        probe_timeout: float = 5.0,
         gzip_threshold: int = DEFAULT_GZIP_THRESHOLD,
         session: Optional[requests.Session] = None,
         user_agent: str = "fieldsync-agent/1",
@@ -247,6 +248,9 @@ class HttpTransport:
         self.endpoint = endpoint.rstrip("/")
         self._token = token
         self.timeout = (connect_timeout, read_timeout)
+        # The health probe is tiny: a link that holds it longer is as good as down, and a
+        # worker stuck on a black-holed probe would notice a reconnect late.
+        self.probe_timeout = (min(connect_timeout, probe_timeout), probe_timeout)
         self.gzip_threshold = gzip_threshold
         # Imported here: `put`, `get` and `status` never touch the network, and a Pi starts
         # the CLI noticeably faster without loading requests.
@@ -264,7 +268,7 @@ class HttpTransport:
     # -- the three calls ---------------------------------------------------------------
 
     def health(self) -> HealthOutcome:
-        result = self._request("GET", "/v1/health", auth=False)
+        result = self._request("GET", "/v1/health", auth=False, timeout=self.probe_timeout)
         if not isinstance(result, tuple):
             return result
         body, traffic = result
@@ -307,6 +311,7 @@ class HttpTransport:
         body: Optional[bytes] = None,
         params: Optional[dict[str, Any]] = None,
         auth: bool = True,
+        timeout: Optional[tuple[float, float]] = None,
     ) -> Union[tuple[Any, Traffic], Failure]:
         headers: dict[str, str] = {"Accept": "application/json"}
         if auth:
@@ -327,7 +332,7 @@ class HttpTransport:
                 data=body,
                 params=params,
                 headers=headers,
-                timeout=self.timeout,
+                timeout=timeout or self.timeout,
             )
             raw = response.content
         except requests.Timeout as exc:

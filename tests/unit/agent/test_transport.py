@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -149,6 +150,21 @@ def test_a_server_that_never_answers_times_out_as_unreachable() -> None:
         client = HttpTransport(f"http://127.0.0.1:{port}", TOKEN, read_timeout=0.3)
         outcome = client.push(new_batch_id(), [make_op(1)])
     assert isinstance(outcome, Unreachable) and "timed out" in outcome.reason
+
+
+def test_a_black_holed_health_probe_gives_up_after_the_probe_timeout_not_the_read_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # the link holds the probe and never answers
+        port = listener.getsockname()[1]
+        client = HttpTransport(
+            f"http://127.0.0.1:{port}", TOKEN, read_timeout=30.0, probe_timeout=0.3
+        )
+        started = time.monotonic()
+        outcome = client.health()
+        waited = time.monotonic() - started
+    assert isinstance(outcome, Unreachable) and "timed out" in outcome.reason
+    assert waited < 5.0
 
 
 def test_the_token_is_never_logged_nor_shown(
