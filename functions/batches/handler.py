@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from shared.config import load_settings
 from shared.logic.batches import handle_batch_request
 from shared.logic.rest import json_response, make_resolver, principal_of
-from shared.observability import logger, metrics, tracer
+from shared.observability import API_GATEWAY_REST_CORRELATION, logger, metrics, tracer
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import Response
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 app = make_resolver()
 
@@ -31,7 +31,7 @@ def post_batch() -> Response[str]:
     return json_response(response.to_wire())
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@logger.inject_lambda_context(correlation_id_path=API_GATEWAY_REST_CORRELATION)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

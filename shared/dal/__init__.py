@@ -5,13 +5,13 @@ The operator CLI and the local cloud call `register_device`, `revoke_device`, `l
 
 from shared.dal.devices import (
     DeviceInfo,
-    Principal,
     authenticate,
     list_devices,
     register_device,
     revoke_device,
 )
 from shared.dal.models import devices_model, records_model, reset_models
+from shared.dal.principal import Principal
 from shared.dal.queue import RetryMessage, enqueue, parse_message
 
 __all__ = [

@@ -1,7 +1,9 @@
 """AWS SDK plumbing: lazily created clients and the translation of SDK errors.
 
 Clients are created on first use (never at import time) so moto can be started first in tests
-and an endpoint override set by the local cloud (AWS_ENDPOINT_URL) is honoured.
+and an endpoint override set by the local cloud (AWS_ENDPOINT_URL) is honoured. boto3 and
+botocore are imported then too: a function's cold start does not pay for an SDK it may not
+use (the health check uses none).
 """
 
 from __future__ import annotations
@@ -9,11 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from typing import Any, Optional
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import PynamoDBException
 
 from shared.config import aws_region
 
@@ -30,7 +27,7 @@ TRANSIENT_CODES = frozenset(
     }
 )
 
-_SQS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard"})
+_SQS_TIMEOUTS = {"connect_timeout": 2, "read_timeout": 5, "retries": {"mode": "standard"}}
 _lock = threading.Lock()
 _clients: dict[tuple[str, str], Any] = {}
 
@@ -41,7 +38,10 @@ def sqs_client() -> Any:
     with _lock:
         client = _clients.get(key)
         if client is None:
-            client = boto3.client("sqs", region_name=key[1], config=_SQS_CONFIG)
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client("sqs", region_name=key[1], config=Config(**_SQS_TIMEOUTS))
             _clients[key] = client
         return client
 
@@ -59,14 +59,14 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while seen is not None and depth < 8:
         yield seen
         depth += 1
-        if isinstance(seen, PynamoDBException) and seen.cause is not None:
-            seen = seen.cause
-        else:
-            seen = seen.__cause__ or seen.__context__
+        cause = getattr(seen, "cause", None)  # a PynamoDBException keeps it in `.cause`
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__ or seen.__context__
 
 
 def error_code(exc: BaseException) -> str:
     """The AWS error code behind `exc` (following pynamodb's wrapping), or the class name."""
+    from botocore.exceptions import BotoCoreError, ClientError  # loaded by the failed call
+
     for seen in _chain(exc):
         if isinstance(seen, ClientError):
             return str(seen.response.get("Error", {}).get("Code", "ClientError"))
@@ -76,6 +76,8 @@ def error_code(exc: BaseException) -> str:
 
 
 def http_status(exc: BaseException) -> int:
+    from botocore.exceptions import ClientError
+
     for seen in _chain(exc):
         if isinstance(seen, ClientError):
             status = seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -87,4 +89,6 @@ def is_transient(exc: BaseException) -> bool:
     """True for throttling, server-side 5xx and network errors."""
     if error_code(exc) in TRANSIENT_CODES or http_status(exc) >= 500:
         return True
+    from botocore.exceptions import BotoCoreError
+
     return any(isinstance(seen, BotoCoreError) for seen in _chain(exc))

@@ -17,27 +17,26 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
-
-from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from typing import TYPE_CHECKING, Any, Optional
 
 from shared.dal.aws import error_code, is_transient
-from shared.dal.models import DEVICES_BY_TENANT_INDEX, DeviceItem, devices_model
+from shared.dal.models import DEVICES_BY_TENANT_INDEX, devices_model
+from shared.dal.principal import Principal
 from shared.errors import DeviceError, InvalidToken, StoreError, TransientStoreError
+
+if TYPE_CHECKING:
+    from pynamodb.exceptions import PynamoDBException
+
+    from shared.dal.schema import DeviceItem
+
+# pynamodb is imported by devices_model() on first use; each function below imports the
+# exception classes it catches after that call.
 
 TOKEN_PREFIX = "fs1"  # noqa: S105 - a format marker, not a secret
 TOKEN_SECRET_BYTES = 32
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A device id is also the node id of its HLCs, so it follows the HLC node alphabet.
 DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: what the authorizer puts in the request context."""
-
-    tenant_id: str
-    device_id: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,8 @@ def _info(item: DeviceItem) -> DeviceInfo:
 
 def _get(device_id: str) -> Optional[DeviceItem]:
     model = devices_model()
+    from pynamodb.exceptions import DoesNotExist, PynamoDBException
+
     try:
         return model.get(device_id, consistent_read=True)
     except DoesNotExist:
@@ -130,6 +131,8 @@ def register_device(tenant_id: str, device_id: str) -> str:
         )
     token = f"{TOKEN_PREFIX}.{_b64(device_id)}.{secrets.token_urlsafe(TOKEN_SECRET_BYTES)}"
     model = devices_model()
+    from pynamodb.exceptions import PynamoDBException
+
     item = model(
         device_id,
         tenant_id=tenant_id,
@@ -155,6 +158,8 @@ def register_device(tenant_id: str, device_id: str) -> str:
 def revoke_device(device_id: str) -> DeviceInfo:
     """Revoke the device's token at once. Raises DeviceError if the device is unknown."""
     model = devices_model()
+    from pynamodb.exceptions import PynamoDBException
+
     item = _get(device_id)
     if item is None:
         raise DeviceError(f"no device {device_id!r} is registered: check `device list`")
@@ -168,6 +173,8 @@ def revoke_device(device_id: str) -> DeviceInfo:
 def list_devices(tenant_id: Optional[str] = None) -> list[DeviceInfo]:
     """Registered devices, of one tenant or of all, sorted by tenant and device id."""
     model = devices_model()
+    from pynamodb.exceptions import PynamoDBException
+
     try:
         if tenant_id is None:
             items = list(model.scan())

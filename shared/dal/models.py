@@ -1,26 +1,26 @@
-"""PynamoDB models of the two tables (keys documented in docs/architecture.md).
+"""PynamoDB models of the two tables, bound to the environment at call time.
 
-The classes here describe the schema only. `records_model()` / `devices_model()` return a
-subclass bound to the table name and endpoint in the environment *at call time* (cached per
-name/endpoint/region), so one process can serve tests, the local cloud and Lambda alike.
-The template's table definitions are checked against these models by tests/infra.
+The classes (shared.dal.schema) describe the schema only. `records_model()` /
+`devices_model()` return a subclass bound to the table name and endpoint in the environment
+*at call time* (cached per name/endpoint/region), so one process can serve tests, the local
+cloud and Lambda alike. pynamodb (and botocore under it) is imported by the first of these
+calls, not when this module is imported, so a handler's cold start does not pay for it.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional, TypeVar, cast
-
-from pynamodb.attributes import (
-    NumberAttribute,
-    TTLAttribute,
-    UnicodeAttribute,
-    VersionAttribute,
-)
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
-from pynamodb.models import Model
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, cast
 
 from shared.config import aws_region, devices_table_name, dynamodb_endpoint, records_table_name
+
+if TYPE_CHECKING:
+    from pynamodb.models import Model
+
+    from shared.dal.schema import (
+        DeviceItem,
+        RecordItem,
+    )
 
 CHANGES_INDEX = "changes-by-tenant"
 DEVICES_BY_TENANT_INDEX = "devices-by-tenant"
@@ -31,63 +31,19 @@ CONNECT_TIMEOUT_S = 2
 READ_TIMEOUT_S = 3
 MAX_SDK_RETRIES = 2
 
-
-class ChangesIndex(GlobalSecondaryIndex["RecordItem"]):  # type: ignore[no-untyped-call]
-    """Tenant-partitioned feed ordered by the server stamp of each write."""
-
-    class Meta:
-        index_name = CHANGES_INDEX
-        projection = AllProjection()
-
-    tenant_id = UnicodeAttribute(hash_key=True)
-    changed_at = UnicodeAttribute(range_key=True)
+_SCHEMA_NAMES = ("ChangesIndex", "DeviceItem", "DevicesByTenantIndex", "RecordItem")
 
 
-class RecordItem(Model):
-    """One record. pk = "<tenant>#<collection>#<key>" (tenant and collection contain no '#')."""
+def __getattr__(name: str) -> Any:
+    """`from shared.dal.models import RecordItem` still works (it imports the schema)."""
+    if name in _SCHEMA_NAMES:
+        from shared.dal import schema
 
-    class Meta:
-        table_name = "records-unbound"
-
-    pk = UnicodeAttribute(hash_key=True)
-    tenant_id = UnicodeAttribute()
-    collection = UnicodeAttribute()
-    record_key = UnicodeAttribute()
-    data = UnicodeAttribute()  # the live fields, as compact JSON (keeps numbers exact)
-    clock = UnicodeAttribute()  # {"reset": HLC, "fields": {name: HLC}} as JSON
-    hlc = UnicodeAttribute()  # greatest HLC in the record
-    device_id = UnicodeAttribute()
-    deleted = NumberAttribute()  # 1 for a tombstone
-    changed_at = UnicodeAttribute()  # server stamp "<server HLC>#<random>": the feed's order
-    version = VersionAttribute()  # optimistic concurrency: every write is conditional on it
-    expires_at = TTLAttribute(null=True)  # set on tombstones only
-    changes_index = ChangesIndex()
+        return getattr(schema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class DevicesByTenantIndex(GlobalSecondaryIndex["DeviceItem"]):  # type: ignore[no-untyped-call]
-    class Meta:
-        index_name = DEVICES_BY_TENANT_INDEX
-        projection = AllProjection()
-
-    tenant_id = UnicodeAttribute(hash_key=True)
-    device_id = UnicodeAttribute(range_key=True)
-
-
-class DeviceItem(Model):
-    """One registered device. Device ids are unique across tenants."""
-
-    class Meta:
-        table_name = "devices-unbound"
-
-    device_id = UnicodeAttribute(hash_key=True)
-    tenant_id = UnicodeAttribute()
-    token_hash = UnicodeAttribute()  # sha256 of the token; the token itself is never stored
-    created_at = UnicodeAttribute()
-    revoked_at = UnicodeAttribute(null=True)
-    by_tenant = DevicesByTenantIndex()
-
-
-_M = TypeVar("_M", bound=Model)
+_M = TypeVar("_M", bound="Model")
 
 
 @functools.lru_cache(maxsize=32)
@@ -113,11 +69,15 @@ def _bound(base: type[_M], table: str) -> type[_M]:
 
 def records_model() -> type[RecordItem]:
     """RecordItem bound to $RECORDS_TABLE at the current endpoint."""
+    from shared.dal.schema import RecordItem
+
     return _bound(RecordItem, records_table_name())
 
 
 def devices_model() -> type[DeviceItem]:
     """DeviceItem bound to $DEVICES_TABLE at the current endpoint."""
+    from shared.dal.schema import DeviceItem
+
     return _bound(DeviceItem, devices_table_name())
 
 

@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared.config import retry_queue_url
 from shared.contracts import ContractError, Op, parse_op
 from shared.dal.aws import error_code, sqs_client
@@ -82,8 +80,11 @@ def parse_message(body: str) -> RetryMessage:
 
 def enqueue(message: RetryMessage) -> str:
     """Send the message to $RETRY_QUEUE_URL; returns its id. Raises QueueError."""
+    client = sqs_client()
+    from botocore.exceptions import BotoCoreError, ClientError  # loaded by sqs_client()
+
     try:
-        response = sqs_client().send_message(
+        response = client.send_message(
             QueueUrl=retry_queue_url(),
             MessageBody=message.to_body(),
             MessageAttributes={

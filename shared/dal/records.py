@@ -12,14 +12,20 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
-
-from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from typing import TYPE_CHECKING, Any, Optional
 
 from shared.contracts import Record, RecordClock
 from shared.dal.aws import error_code, is_transient
-from shared.dal.models import CHANGES_INDEX, RecordItem, records_model
+from shared.dal.models import CHANGES_INDEX, records_model
 from shared.errors import RecordTooLarge, StoreError, TransientStoreError, WriteConflict
+
+if TYPE_CHECKING:
+    from pynamodb.exceptions import PynamoDBException
+
+    from shared.dal.schema import RecordItem
+
+# pynamodb is imported by records_model() on first use; each function below imports the
+# exception classes it catches after that call (a dictionary look-up by then).
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ def to_record(item: RecordItem) -> Record:
 def load(tenant_id: str, collection: str, key: str) -> Optional[StoredRecord]:
     """The current record, strongly consistent (the base of an optimistic write)."""
     model = records_model()
+    from pynamodb.exceptions import DoesNotExist, PynamoDBException
+
     try:
         item = model.get(record_pk(tenant_id, collection, key), consistent_read=True)
     except DoesNotExist:
@@ -90,6 +98,8 @@ def load_many(
     TransientStoreError, like a throttled GetItem. Absent records map to None.
     """
     model = records_model()
+    from pynamodb.exceptions import PynamoDBException
+
     wanted = {record_pk(tenant_id, c, k): (c, k) for c, k in keys}
     found: dict[tuple[str, str], Optional[StoredRecord]] = dict.fromkeys(wanted.values())
     pks = list(wanted)
@@ -135,6 +145,8 @@ def save(
     Returns the new version. Raises WriteConflict when another writer got there first.
     """
     model = records_model()
+    from pynamodb.exceptions import PynamoDBException
+
     item = model(
         record_pk(tenant_id, record.collection, record.key),
         tenant_id=tenant_id,
@@ -181,6 +193,8 @@ def feed(
     its settle horizon as `before`.
     """
     model = records_model()
+    from pynamodb.exceptions import PynamoDBException
+
     # BETWEEN is inclusive; the entry equal to `after` (already delivered) is skipped below.
     condition: Any = model.changed_at.between(after, before) if after else model.changed_at < before
     filter_condition: Any = model.collection == collection if collection else None

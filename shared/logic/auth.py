@@ -8,16 +8,16 @@ with context {tenant_id, device_id}, which the handlers read.
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
-    APIGatewayAuthorizerRequestEvent,
-    APIGatewayAuthorizerResponse,
-)
+from typing import TYPE_CHECKING, Any
 
 from shared.dal import authenticate
 from shared.errors import InvalidToken, StoreError
 from shared.observability import logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+        APIGatewayAuthorizerRequestEvent,
+    )
 
 BEARER = "bearer "
 
@@ -38,6 +38,12 @@ def bearer_token(event: APIGatewayAuthorizerRequestEvent) -> str:
 
 def authorize(raw_event: dict[str, Any]) -> dict[str, Any]:
     """The authorizer's answer for one REQUEST event (see the module docstring)."""
+    # Imported at the first request, not at cold start (see shared/observability.py).
+    from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+        APIGatewayAuthorizerRequestEvent,
+        APIGatewayAuthorizerResponse,
+    )
+
     event = APIGatewayAuthorizerRequestEvent(raw_event)
     token = bearer_token(event)
     arn = event.parsed_arn

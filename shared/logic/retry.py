@@ -6,12 +6,18 @@ delivers it again after the visibility timeout and moves it to the DLQ after 5 r
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING, Any, Callable
+
 from shared.config import Settings
 from shared.conflict import Resolution
 from shared.dal.queue import parse_message
 from shared.errors import ApplyFailed
 from shared.logic.apply import apply_op
 from shared.observability import logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch import BatchProcessor
 
 
 def process_retry_message(body: str, settings: Settings) -> Resolution:
@@ -39,3 +45,26 @@ def process_retry_message(body: str, settings: Settings) -> Resolution:
         },
     )
     return resolution
+
+
+@functools.cache
+def _sqs_processor() -> BatchProcessor:
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+
+    return BatchProcessor(event_type=EventType.SQS)
+
+
+def process_sqs_batch(
+    event: dict[str, Any], context: Any, record_handler: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """powertools' SQS BatchProcessor over `event`: `{"batchItemFailures": [...]}`.
+
+    A record whose handler raises is reported failed (and only it is redelivered). powertools'
+    batch utility is imported at the first event, not at cold start.
+    """
+    from aws_lambda_powertools.utilities.batch import process_partial_response
+
+    response = process_partial_response(
+        event=event, record_handler=record_handler, processor=_sqs_processor(), context=context
+    )
+    return dict(response)
