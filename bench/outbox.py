@@ -358,11 +358,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the raw results to this file")
     args = parser.parse_args()
     if args.child:
         _child(args.child, args.quick)
         return
     results = run(args.quick)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
     from bench.outbox_report import render_text
 
     print(render_text(results, " ".join(["python -m bench.outbox", *sys.argv[1:]])))

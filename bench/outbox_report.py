@@ -18,8 +18,9 @@ litequeue commits every `put` (batches go inside its `transaction()`), and every
 `done`. The raw baseline is one `INSERT` per transaction (the fsync limit), `executemany` for
 batches and `DELETE ... RETURNING` of 100 rows per transaction. Peers drain a 2,000-op
 sample (their rate is per op, so a longer run only costs time). The outbox's write path
-includes what the others do not do: validation through `shared.contracts.parse_op`, an HLC
-stamp from the persisted clock, coalescing lookups and the bound check. By design the
+includes what the others do not do: validation (`encode_valid_op`, the same checks as
+`shared.contracts.parse_op`, which still decides and words every refusal), an HLC stamp from
+the persisted clock, coalescing lookups and the bound check. By design the
 outbox fsyncs recorded writes but not claims and acks (leases and acks are soft state: a
 power cut may only make an op be sent again, which the protocol makes harmless), so its
 drain pays no fsync while persist-queue and litequeue fsync every get/pop and ack/done.
@@ -27,32 +28,44 @@ drain pays no fsync while persist-queue and litequeue fsync every get/pop and ac
 
 
 ANALYSIS = """\
-Where the time goes (profiled with cProfile on this machine; see the goals table for which
-goals this run met):
+Where the time goes (cProfile, and statement timings, on this machine; see the goals table
+for which goals this run met):
 
-- **Batched enqueue** is CPU-bound in Python, not in SQLite: about 55 % of `record_many` is
-  `shared.contracts.parse_op` (every op is validated: regexes, a per-character Unicode scan
-  of the key, sets rebuilt per call, a JSON encoding for the size limit), about 13 % the
-  SQLite inserts (four b-trees and the totals trigger), about 8 % encoding `data`, the rest
-  stamping and coalescing bookkeeping. The same inserts through `executemany` alone run at
-  the raw figure above. 100,000 ops/s in CPython needs validation under ~5 us per op; that
-  is a change to `shared.contracts`, outside the storage layer.
-- **Durable single enqueue** pays one fsync per write like the baseline, plus four more
-  statements (clock read and write, the coalescing lookup, the bound check) and the
-  validation; what that costs relative to an fsync depends on the disk and on how busy the
-  CPU is.
+- **Batched enqueue** is CPU-bound. Each op is now validated and its data JSON-encoded once
+  (`shared.contracts.validation.encode_valid_op`: parse_op's checks and size limit, with the
+  stored text reused; anything unusual, such as a key that needs JSON escapes or an invalid
+  op, goes through `parse_op` itself), stamped from one clock read per batch, built into one
+  `Op` and inserted with positional `executemany`. What is left is mostly SQLite: the same
+  `executemany` into this schema alone (the op table, three indexes, the per-row totals
+  trigger) ran at 63,000-76,000 ops/s in the minute raw sqlite3 ran its one-table insert at
+  over 300,000, and at 96,000-119,000 without the trigger. 100,000 ops/s end to end would
+  need a lighter schema (totals kept per batch instead of per row, fewer indexes), not a
+  faster Python layer.
+- **Durable single enqueue** pays one fsync like the baseline, plus five statements the
+  baseline does not run (clock read and write, the coalescing lookup, the bound check, and
+  the insert touches four b-trees and the totals row) and ~100-200 us of Python on this
+  shared CPU; with `synchronous=OFF` a record measured ~290 us here, the baseline's insert
+  ~50 us. The ratio therefore depends on how slow the fsync is relative to the CPU.
 - **Claim** reads its candidates through the covering index `outbox_claim (priority, seq,
   size)` and the small `delivery` table (only ops ever handed out have a row there), writes
   100 small lease rows (one page) and commits without an fsync. Measured alternatives: lease
   columns in the op row made a claim write ~34 pages instead of 1; an index that starts
   with the delivery state (status, priority, ...) made SQLite sort the whole backlog
-  (81 ms per claim at 200,000 ops). The rest of a claim is decoding 100 rows into `Op`
-  objects (JSON and frozen dataclasses), about as much as the SQL.
-- **Drain on a large backlog**: an ack deletes each op from the table and three indexes;
-  op ids are time-ordered (UUIDv7) so the `op_id` index is touched locally, but keys are
-  the application's and land all over `outbox_key`. With SQLite's default 2 MiB page cache
-  (the RSS goal) those pages come from the OS cache and go through the WAL, while a 1,000-op
-  backlog stays in the page cache.
+  (81 ms per claim at 200,000 ops). Decoding the 100 rows now parses their data in one
+  `json.loads` and fills the frozen dataclasses directly (0.89 ms -> 0.28 ms per 100 rows,
+  measured side by side); the candidate query itself is ~0.3 ms, so on this shared CPU the
+  median claim lands close to the 1 ms line, below or above it with the load.
+- **Drain on a large backlog**: an ack deletes each op from the table, three indexes, the
+  delivery row and the totals row. On the 1,000,000-op backlog an ack of 100 ops wrote 130
+  WAL frames (pages), against 51 on a 1,000-op one: `outbox_key (collection, key, hlc)` is
+  ordered by the application's keys, so 100 ops acked in FIFO order land on ~100 different
+  leaf pages, and the 5 interleaved priorities spread them over ~25 table pages. Those
+  pages are also read from outside SQLite's page cache. Measured side by side (interleaved
+  drains of two copies of the backlog): `cache_size` of 8 or 16 MiB changed nothing beyond
+  noise (7,535 / 8,432 / 7,636 ops/s for 2 / 8 / 16 MiB), a 4,000-page
+  `wal_autocheckpoint` gained ~20 %. Closing the gap needs a key index that an ack does
+  not have to touch (for example a key table cleaned up lazily, by key on the next write and
+  in bulk once mostly stale): a schema change not made here.
 """
 
 
