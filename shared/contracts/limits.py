@@ -10,6 +10,8 @@ MAX_OP_BYTES = 350 * 1024
 MAX_KEY_CHARS = 256
 MAX_COLLECTION_CHARS = 64
 MAX_FIELD_NAME_CHARS = 128
+# DynamoDB stores documents nested at most 32 levels deep; the record and `data` take two.
+MAX_NESTING_DEPTH = 30
 COLLECTION_PATTERN = r"[a-z0-9_-]{1,64}"
 MAX_CLOCK_SKEW_S = 300
 DEFAULT_CHANGES_LIMIT = 100

@@ -13,8 +13,12 @@ JsonObject = dict[str, Any]
 
 
 def encoded_size(value: Any) -> int:
-    """Bytes of `value` as compact UTF-8 JSON: the size the limits are measured in."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    """Bytes of `value` as compact UTF-8 JSON: the size the limits are measured in.
+
+    Raises ValueError for NaN or Infinity (not JSON) and TypeError for non-JSON values.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return len(text.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,30 @@ def check_data(value: Any, path: str, *, allow_null_fields: bool) -> list[Proble
             problems.append(
                 Problem(f"{path}.{name}", "null is only allowed in a patch (to remove a field)")
             )
+        elif isinstance(field_value, (dict, list)) and _too_deep(field_value):
+            problems.append(
+                Problem(
+                    f"{path}.{name}",
+                    f"nested more than {limits.MAX_NESTING_DEPTH} levels deep: flatten it",
+                )
+            )
     return problems
+
+
+def _too_deep(value: Any) -> bool:
+    """True if `value` nests dicts/lists deeper than the store accepts (checked iteratively)."""
+    level: list[Any] = [value]
+    for _ in range(limits.MAX_NESTING_DEPTH):
+        children: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list):
+                children.extend(v for v in item if isinstance(v, (dict, list)))
+        if not children:
+            return False
+        level = children
+    return True
 
 
 def _op_problems(raw: JsonObject, path: str) -> list[Problem]:
@@ -163,7 +186,12 @@ def parse_op(raw: Any, path: str = "op") -> Op:
     problems = _op_problems(raw, path)
     if problems:
         raise ContractError(problems)
-    size = encoded_size(raw)
+    try:
+        size = encoded_size(raw)
+    except (TypeError, ValueError) as exc:
+        raise ContractError(
+            [Problem(f"{path}.data", f"is not JSON ({exc}); NaN and Infinity are not valid JSON")]
+        ) from exc
     if size > limits.MAX_OP_BYTES:
         raise ContractError(
             [Problem(path, f"encoded size {size} bytes exceeds {limits.MAX_OP_BYTES} bytes")]

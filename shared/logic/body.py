@@ -36,13 +36,14 @@ def _gunzip(raw: bytes, max_ops: int, max_bytes: int) -> bytes:
     try:
         out = inflater.decompress(raw, max_bytes + 1)
     except zlib.error as exc:
-        raise BadRequest(
+        # 415, as a deployed REST API answers a body it cannot decode (PROTOCOL.md).
+        raise UnsupportedMediaType(
             f"the gzip body could not be decompressed ({exc}): send valid gzip or plain JSON"
         ) from exc
     if len(out) > max_bytes:
         raise _too_large("larger than that once decompressed", max_ops, max_bytes)
     if not inflater.eof:
-        raise BadRequest("the gzip body is truncated: send the complete compressed body")
+        raise UnsupportedMediaType("the gzip body is truncated: send the complete compressed body")
     return out
 
 
@@ -82,8 +83,20 @@ def decode_json_body(
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not UTF-8 (byte {exc.start}): send UTF-8 JSON") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except ValueError as exc:  # NaN / Infinity, refused by _refuse_constant
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest(
+            "the body nests arrays or objects too deeply to parse: flatten the data"
+        ) from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which are not JSON: storing them would make the
+    # changes feed unreadable for strict clients.
+    raise ValueError(f"{name} is not a JSON value; send finite numbers only")

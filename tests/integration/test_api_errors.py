@@ -48,20 +48,20 @@ def test_body_marked_base64_that_is_not_is_400(cloud: Cloud) -> None:
     assert "base64" in response.body["error"]["message"]
 
 
-def test_corrupt_gzip_is_400(cloud: Cloud) -> None:
+def test_corrupt_gzip_is_415(cloud: Cloud) -> None:
     event = load_event("batch_gzip_base64.json")
     event["body"] = base64.b64encode(b"\x1f\x8b\x08\x00garbage-not-deflate").decode()
     response = cloud.http("BatchesFunction", event)
-    assert response.status == 400
+    assert response.status == 415
     assert "gzip" in response.body["error"]["message"]
 
 
-def test_truncated_gzip_is_400(cloud: Cloud) -> None:
+def test_truncated_gzip_is_415(cloud: Cloud) -> None:
     event = load_event("batch_gzip_base64.json")
     whole = base64.b64decode(event["body"])
     event["body"] = base64.b64encode(whole[: len(whole) // 2]).decode()
     response = cloud.http("BatchesFunction", event)
-    assert response.status == 400
+    assert response.status == 415
     assert "truncated" in response.body["error"]["message"]
 
 
@@ -155,3 +155,23 @@ def test_no_input_gets_a_5xx(cloud: Cloud, body: str) -> None:
     assert response.status < 500, response.body
     if response.status != 200:
         assert set(response.body["error"]) >= {"code", "message"}
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_400_not_stored(cloud: Cloud, constant: str) -> None:
+    event = load_event("batch_valid.json")
+    body = json.loads(event["body"])
+    text = json.dumps(body).replace('"BTC"', constant, 1)
+    assert constant in text
+    event["body"] = text
+    response = cloud.http("BatchesFunction", event)
+    assert response.status == 400
+    assert constant in response.body["error"]["message"]
+
+
+def test_json_nested_too_deeply_to_parse_is_400_not_500(cloud: Cloud) -> None:
+    event = load_event("batch_valid.json")
+    event["body"] = "[" * 100_000 + "]" * 100_000
+    response = cloud.http("BatchesFunction", event)
+    assert response.status == 400
+    assert "too deeply" in response.body["error"]["message"]

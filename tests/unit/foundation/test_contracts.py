@@ -47,6 +47,17 @@ def valid_op(**overrides: Any) -> dict[str, Any]:
 DROP = object()
 
 
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_nesting_up_to_the_store_limit_is_accepted() -> None:
+    assert parse_op(valid_op(data={"a": nested(30)})).data == {"a": nested(30)}
+
+
 def test_an_op_round_trips_through_its_wire_form() -> None:
     op = parse_op(valid_op())
     assert op == Op(
@@ -88,6 +99,10 @@ INVALID_OPS = [
     ("data", valid_op(kind="patch", data={}), "a patch must set at least one field"),
     ("data", valid_op(kind="delete", data={"a": 1}), "a delete carries no data"),
     ("unknown", valid_op(extra=1), "ops[0]: unknown fields: extra"),
+    ("nan", valid_op(data={"a": float("nan")}), "NaN and Infinity are not valid JSON"),
+    ("infinity", valid_op(data={"a": [float("inf")]}), "NaN and Infinity are not valid JSON"),
+    ("not-json", valid_op(data={"a": object()}), "ops[0].data: is not JSON"),
+    ("nesting", valid_op(data={"a": nested(31)}), "ops[0].data.a: nested more than 30 levels"),
 ]
 
 
