@@ -81,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--authorizer-ttl",
         type=int,
-        default=None,
+        default=0,
         metavar="SECONDS",
-        help="cache the authorizer's decisions this long instead of the template's "
-        "ReauthorizeEvery (0: every request is authorized, so a revocation is seen at once)",
+        help="cache the authorizer's decisions this long (default 0: every request is "
+        "authorized, so a revocation is seen at once; pass the template's ReauthorizeEvery, "
+        "e.g. 60, for AWS-like caching)",
     )
     token = commands.add_parser("token", help="register a device with a running sync-local")
     token.add_argument("--tenant", required=True)
@@ -170,6 +171,10 @@ def _error_message(body: bytes) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve" and not 0 <= args.port <= 65535:
+        # A usage error, in one line (argparse would add the whole usage text).
+        print(f"sync-local: --port {args.port}: use 0-65535 (0: any free port)", file=sys.stderr)
+        return 2
     try:
         return _serve(args) if args.command == "serve" else _token(args)
     except argparse.ArgumentTypeError as exc:

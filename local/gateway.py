@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class GatewayConfig:
     functions: Mapping[str, LocalFunction]
     authorizers: Mapping[str, LocalAuthorizer]
     inflate_limit: int  # the batch limit: a compressed body may not inflate past it
+    max_ops: int = 500  # the batch op limit, reported with the byte limit in a 413
     local_routes: Mapping[tuple[str, str], LocalRoute] = field(default_factory=dict)
     verbose: bool = False
 
@@ -64,6 +66,14 @@ class Gateway:
         except Refusal as refusal:
             return render_refusal(refusal, self.config.api.gateway_responses, request.request_id)
 
+    def limits(self, function: Optional[str] = None) -> tuple[int, int]:
+        """(max ops, max bytes) of a batch: the function's environment, else the stack's."""
+        environment = self.config.functions[function].environment if function else {}
+        return (
+            _positive(environment.get("MAX_BATCH_OPS"), self.config.max_ops),
+            _positive(environment.get("MAX_BATCH_BYTES"), self.config.inflate_limit),
+        )
+
     def _local(self, route: LocalRoute, request: HttpRequest) -> Response:
         if not ip_address(request.source_ip).is_loopback:
             raise Refusal("ACCESS_DENIED", "local admin routes answer only to this machine")
@@ -73,8 +83,12 @@ class Gateway:
 
     def _invoke(self, request: HttpRequest) -> Response:
         match = self._router.match(request.method, request.path)
+        max_ops, max_bytes = self.limits(match.route.function)
         body = decode_body(
-            request.body, request.header("Content-Encoding"), self.config.inflate_limit
+            request.body,
+            request.header("Content-Encoding"),
+            max_bytes,
+            limits_details(max_ops, max_bytes),
         )
         if body is not request.body:
             # Like a REST API with content encoding: the Lambda sees the inflated body.
@@ -121,6 +135,15 @@ class Gateway:
         return lambda_response(result)
 
 
+def _positive(value: Optional[str], default: int) -> int:
+    return int(value) if value and value.isdigit() and int(value) > 0 else default
+
+
+def limits_details(max_ops: int, max_bytes: int) -> dict[str, Any]:
+    """The protocol's 413 details, as the handlers give them (shared.logic.body)."""
+    return {"limits": {"max_ops": max_ops, "max_bytes": max_bytes}}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: GatewayServer
     protocol_version = "HTTP/1.1"
@@ -140,7 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(
                 render_refusal(
                     Refusal(
-                        "REQUEST_TOO_LARGE", f"the request body exceeds {MAX_RAW_BODY_BYTES} bytes"
+                        "REQUEST_TOO_LARGE",
+                        f"the request body exceeds {MAX_RAW_BODY_BYTES} bytes",
+                        limits_details(*self.server.gateway.limits()),
                     ),
                     self.server.gateway.config.api.gateway_responses,
                     "",
@@ -170,14 +195,20 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     def _send(self, response: Response) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers:
+                if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+        except ConnectionError:
+            # The client hung up before the answer (BrokenPipe, reset): a normal event.
+            self.close_connection = True
+            if self.server.gateway.config.verbose:
+                log.info("client gone before the answer: %s %s", self.command, self.path)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
@@ -192,3 +223,11 @@ class GatewayServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
         self.gateway = gateway
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-request is normal; anything else keeps the stdlib's report."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            if self.gateway is not None and self.gateway.config.verbose:
+                log.info("client %s gone mid-request", client_address[0])
+            return
+        super().handle_error(request, client_address)

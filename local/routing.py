@@ -100,8 +100,17 @@ def _path_regex(template: str) -> re.Pattern[str]:
     return re.compile(f"^{pattern}$")
 
 
-def decode_body(body: bytes, content_encoding: Optional[str], limit: int) -> bytes:
-    """The request body with its content encoding undone, at most `limit` bytes once inflated."""
+def decode_body(
+    body: bytes,
+    content_encoding: Optional[str],
+    limit: int,
+    too_large_details: Optional[dict[str, Any]] = None,
+) -> bytes:
+    """The request body with its content encoding undone, at most `limit` bytes once inflated.
+
+    Past the limit it is a REQUEST_TOO_LARGE refusal with `too_large_details` (the protocol's
+    `{"limits": {"max_ops", "max_bytes"}}`), or `{"limits": {"max_bytes": limit}}`.
+    """
     encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -118,7 +127,7 @@ def decode_body(body: bytes, content_encoding: Optional[str], limit: int) -> byt
             raise Refusal(
                 "REQUEST_TOO_LARGE",
                 f"the request body inflates past {limit} bytes",
-                {"max_batch_bytes": limit},
+                too_large_details or {"limits": {"max_bytes": limit}},
             )
         inflated += inflater.flush()
     except zlib.error as exc:
@@ -147,7 +156,7 @@ def render_refusal(
             .replace("$context.error.responseType", refusal.response_type)
             .replace("$context.requestId", request_id)
         )
-        body = text.encode("utf-8")
+        body = _with_details(text, refusal.details).encode("utf-8")
     else:
         error: dict[str, Any] = {
             "code": _PROTOCOL_CODE.get(refusal.response_type, "internal"),
@@ -157,6 +166,25 @@ def render_refusal(
             error["details"] = refusal.details
         body = json.dumps({"error": error}).encode("utf-8")
     return Response(status, [("Content-Type", "application/json")], body)
+
+
+def _with_details(text: str, details: Mapping[str, Any]) -> str:
+    """A protocol error body from a gateway response, given the refusal's `details` too.
+
+    A static template cannot carry what only this refusal knows (a 413's limits); when the
+    rendered body is the protocol's `{"error": {...}}` without details, they are added.
+    """
+    if not details:
+        return text
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict) or "details" in error:
+        return text
+    error["details"] = dict(details)
+    return json.dumps(payload)
 
 
 def lambda_response(result: Any) -> Response:

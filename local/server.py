@@ -148,6 +148,7 @@ class LocalCloud:
             functions=self.functions,
             authorizers=authorizers,
             inflate_limit=self._batch_limit(),
+            max_ops=self._batch_ops(),
             local_routes={
                 ("POST", "/_local/devices"): self._register_route,
                 ("GET", "/_local/resources"): lambda _request: (200, self.resources()),
@@ -167,6 +168,17 @@ class LocalCloud:
             if f.environment.get(ENV_MAX_BATCH_BYTES, "").isdigit()
         ]
         return max(values) if values else limits.MAX_BATCH_BYTES
+
+    def _batch_ops(self) -> int:
+        from shared.config import ENV_MAX_BATCH_OPS
+        from shared.contracts import limits
+
+        values = [
+            int(f.environment[ENV_MAX_BATCH_OPS])
+            for f in self.functions.values()
+            if f.environment.get(ENV_MAX_BATCH_OPS, "").isdigit()
+        ]
+        return max(values) if values else limits.MAX_OPS_PER_BATCH
 
     def _start_pollers(self, template: StackTemplate, stack: Stack) -> None:
         import boto3

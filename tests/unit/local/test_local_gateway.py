@@ -77,3 +77,58 @@ def test_a_body_inflating_past_the_limit_never_reaches_the_handler() -> None:
 
     assert response.status == 413
     assert seen == []
+
+
+def test_a_413_names_the_batch_limits_of_the_functions_environment() -> None:
+    gateway = _gateway([])
+    gateway.config.functions["Fn"].environment.update(
+        {"MAX_BATCH_OPS": "50", "MAX_BATCH_BYTES": "2048"}
+    )
+
+    response = gateway.handle(
+        _request(
+            "/v1/batches",
+            headers=[("Content-Encoding", "gzip")],
+            body=gzip.compress(b"x" * 4096),
+        )
+    )
+
+    assert response.status == 413
+    error = json.loads(response.body)["error"]
+    assert error["details"] == {"limits": {"max_ops": 50, "max_bytes": 2048}}
+
+
+def test_a_client_gone_before_the_answer_is_no_traceback(capsys: Any) -> None:
+    import socket
+    import struct
+    import threading
+    import time
+
+    from local.gateway import GatewayServer
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        time.sleep(0.3)  # the client hangs up meanwhile
+        return {"statusCode": 200, "body": "x" * 1_000_000}
+
+    gateway = _gateway([])
+    gateway.config.functions["Fn"].handler = handler  # type: ignore[misc]
+    handled = threading.Event()
+
+    class Server(GatewayServer):
+        def shutdown_request(self, request: Any) -> None:
+            super().shutdown_request(request)
+            handled.set()
+
+    server = Server(("127.0.0.1", 0), gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2]) as client:
+            client.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            # Close with a reset, as a client that gives up does.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert handled.wait(10)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_a_body_inflating_past_the_limit_is_413_without_inflating_it_all() -> No
         decode_body(bomb, "gzip", 5 * 1024 * 1024)
 
     assert refused.value.response_type == "REQUEST_TOO_LARGE"
-    assert refused.value.details == {"max_batch_bytes": 5 * 1024 * 1024}
+    assert refused.value.details == {"limits": {"max_bytes": 5 * 1024 * 1024}}
 
 
 @pytest.mark.parametrize(
@@ -108,3 +109,29 @@ def test_a_malformed_proxy_result_is_a_bad_gateway(result: object) -> None:
     with pytest.raises(Refusal) as refused:
         lambda_response(result)
     assert refused.value.response_type == "BAD_GATEWAY"
+
+
+def test_a_413_from_the_templates_gateway_response_carries_the_limits() -> None:
+    from local.template import load_template
+
+    root = Path(__file__).resolve().parents[3]
+    api = load_template(root / "template.yaml", region="us-east-1", overrides={}).apis[0]
+    limits = {"limits": {"max_ops": 500, "max_bytes": 5242880}}
+    bomb = gzip.compress(b" " * (6 * 1024 * 1024))
+
+    with pytest.raises(Refusal) as refused:
+        decode_body(bomb, "gzip", 5242880, limits)
+    response = render_refusal(refused.value, api.gateway_responses, "r-1")
+
+    assert response.status == 413
+    error = json.loads(response.body)["error"]
+    assert error["code"] == "payload_too_large"
+    assert error["details"] == limits
+
+
+def test_a_template_response_that_is_not_the_error_body_is_left_as_written() -> None:
+    responses = {"REQUEST_TOO_LARGE": GatewayResponse(413, {"application/json": "too big"})}
+
+    response = render_refusal(Refusal("REQUEST_TOO_LARGE", "x", {"limits": {}}), responses, "")
+
+    assert (response.status, response.body) == (413, b"too big")

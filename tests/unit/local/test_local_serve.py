@@ -266,3 +266,25 @@ def test_token_without_a_running_sync_local_is_a_one_line_error(tmp_path: Path) 
 
     assert done.returncode == 1
     assert "cannot reach sync-local" in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_outside_0_65535_is_a_one_line_usage_error_exit_2(port: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "local.cli", "serve", "--port", port, "--template", str(FIXTURE)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--port" in done.stderr and "0-65535" in done.stderr
+
+
+def test_serve_does_not_cache_authorizer_decisions_unless_asked() -> None:
+    from local.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).authorizer_ttl == 0
+    assert build_parser().parse_args(["serve", "--authorizer-ttl", "60"]).authorizer_ttl == 60
