@@ -17,6 +17,7 @@ from typing import Optional
 from local.errors import StartupError
 
 _CHILD = """
+import os
 import signal
 import sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent stops us
@@ -25,7 +26,9 @@ server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print("port:", server.get_host_and_port()[1], flush=True)
 sys.stdin.read()  # until the parent closes the pipe or dies
-server.stop()
+# Everything moto holds is in memory and dropped with it: no graceful server shutdown (it
+# waits out werkzeug's poll interval and its request threads), just go.
+os._exit(0)
 """
 
 

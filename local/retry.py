@@ -23,6 +23,7 @@ from local.template import EventSourceSpec
 log = logging.getLogger("fieldsync.local.retry")
 
 _POLL_WAIT_S = 1
+_HANDLING_GRACE_S = 15.0  # a batch being handled at shutdown gets this long to finish
 
 
 class QueuePoller:
@@ -45,6 +46,7 @@ class QueuePoller:
         self._region = region
         self._failure_visibility_s = failure_visibility_s
         self._stop = threading.Event()
+        self._handling = threading.Lock()  # held while a received batch is handled/settled
         self._thread = threading.Thread(
             target=self._run, name=f"poller-{queue.logical_id}", daemon=True
         )
@@ -53,9 +55,22 @@ class QueuePoller:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the poller to stop; a batch being handled is finished. Does not wait."""
         self._stop.set()
-        self._thread.join(timeout=_POLL_WAIT_S + 5)
+
+    def stop(self) -> None:
+        """Stop now, but let a batch being handled finish and settle first.
+
+        A receive still waiting is not waited for: whatever it brings back once stopping is
+        not handled and stays on the queue (visible again after its visibility timeout), as
+        a Lambda poller that stops mid-poll leaves it in AWS.
+        """
+        self._stop.set()
+        if self._handling.acquire(timeout=_HANDLING_GRACE_S):
+            self._handling.release()
+        else:
+            log.warning("the retry handler is still running at shutdown")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -78,6 +93,12 @@ class QueuePoller:
         messages = received.get("Messages") or []
         if not messages:
             return 0
+        with self._handling:
+            if self._stop.is_set():
+                return 0  # stopping: the messages stay on the queue, nothing is lost
+            return self._handle(messages)
+
+    def _handle(self, messages: list[dict[str, Any]]) -> int:
         ids = [message["MessageId"] for message in messages]
         self.invocations += 1
         try:

@@ -31,6 +31,7 @@ from local.template import StackTemplate, load_template
 
 log = logging.getLogger("fieldsync.local")
 
+SHUTDOWN_POLL_S = 0.1  # how often the gateway's loop looks for a shutdown request
 DEV_TENANT = "dev"
 DEV_DEVICE = "dev-device"
 
@@ -115,7 +116,12 @@ class LocalCloud:
         self.functions = load_functions(template, self.stack, options.env)
         self._server.gateway = self._gateway(template, self.stack)
         self._start_pollers(template, self.stack)
-        thread = threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True)
+        thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="gateway",
+            daemon=True,
+        )
         thread.start()
         self._threads.append(thread)
 
@@ -254,6 +260,13 @@ class LocalCloud:
         }
 
     def stop(self) -> None:
+        """Stop within a second or two: no new requests, pollers done, then moto.
+
+        A poller's in-flight receive is a short long-poll; it finishes (or the batch it got
+        is handled and settled) before moto goes, so no message is dropped mid-handling.
+        """
+        for poller in self._pollers:
+            poller.request_stop()
         if self._server is not None:
             if self._threads:
                 self._server.shutdown()
