@@ -102,7 +102,14 @@ def read_changes(
         # Nothing can have settled since (e.g. another Lambda's clock is a little ahead).
         page = ChangesPage([], encode_cursor(position), False)
         return ChangesResult(page, format_hlc(max(horizon_ms, 0), 0, SERVER_NODE))
-    entries = feed(principal.tenant_id, after=position, before=horizon_key, collection=collection)
+    # One Query per page where DynamoDB's 1 MB page allows: the page and the has_more probe.
+    entries = feed(
+        principal.tenant_id,
+        after=position,
+        before=horizon_key,
+        collection=collection,
+        page_size=limit + 1,
+    )
     for entry in entries:
         if len(changes) == limit:
             has_more = True
