@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NEEDS = {"device": ("devices_table",), "dlq": ("dlq_url",), "stats": ("dlq_url",)}
+
+
 def _resources(args: argparse.Namespace) -> StackResources:
     resources = discover(
         region=args.region,
@@ -84,6 +87,8 @@ def _resources(args: argparse.Namespace) -> StackResources:
             "dlq_url": args.dlq_url,
         },
     )
+    # stats shows the DLQ when it can be found; device and dlq commands need theirs.
+    resources = resources.complete(*NEEDS[args.command], strict=args.command != "stats")
     resources.export()
     return resources
 

@@ -125,6 +125,12 @@ def _serve(args: argparse.Namespace) -> int:
         token = cloud.register_device(DEV_TENANT, DEV_DEVICE)
         print(f"endpoint: {cloud.endpoint}", file=banner, flush=True)
         print(f"token: {token}", file=banner, flush=True)
+        if args.verbose:  # stderr: stdout is exactly the two lines above
+            print(
+                f"sync-local: moto endpoint (for sync-admin --endpoint-url): {cloud.moto_endpoint}",
+                file=sys.stderr,
+                flush=True,
+            )
         while not stopping.wait(0.5):
             pass
     finally:

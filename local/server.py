@@ -115,6 +115,7 @@ class LocalCloud:
         self.stack = create_stack(template, options.stack_name, options.region, boto3.Session())
         self.functions = load_functions(template, self.stack, options.env)
         self._server.gateway = self._gateway(template, self.stack)
+        self._register_cloudformation_stack(boto3.Session())
         self._start_pollers(template, self.stack)
         thread = threading.Thread(
             target=self._server.serve_forever,
@@ -124,6 +125,35 @@ class LocalCloud:
         )
         thread.start()
         self._threads.append(thread)
+
+    def _register_cloudformation_stack(self, session: Any) -> None:
+        """A CloudFormation stack named like this one in moto, whose Outputs are the
+        template's, resolved locally (`resources()["outputs"]`), so that
+        `sync-admin --endpoint-url MOTO --stack-name fieldsync-local` finds the stack as it
+        would in AWS. Its only resource is a harmless WaitConditionHandle: the real resources
+        are created directly (create_stack above), not by CloudFormation.
+        """
+        outputs = self.resources()["outputs"]
+        assert self.template is not None
+        body = {
+            "AWSTemplateFormatVersion": "2010-09-09",
+            "Description": "FieldSync local stack (sync-local): outputs only",
+            "Resources": {"LocalStack": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+            "Outputs": {
+                name: {"Value": str(value)}
+                for name, value in outputs.items()
+                if isinstance(value, (str, int, float)) and str(value)
+            },
+        }
+        try:
+            session.client("cloudformation").create_stack(
+                StackName=self.options.stack_name, TemplateBody=json.dumps(body)
+            )
+        except Exception as exc:
+            raise StartupError(
+                f"could not register the CloudFormation stack {self.options.stack_name!r} "
+                f"in moto: {exc}"
+            ) from exc
 
     def _start_moto(self) -> None:
         self._moto = MotoProcess(verbose=self.options.verbose)

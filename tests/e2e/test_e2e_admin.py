@@ -90,3 +90,34 @@ def test_redriving_an_unknown_message_is_an_error_naming_the_list_command(
 
     assert done.returncode == 1
     assert "sync-admin dlq list" in done.stderr
+
+
+def test_the_cli_md_flags_alone_reach_the_devices_and_the_dlq(cloud: LocalStack) -> None:
+    """Only --endpoint-url, --table and --queue-url: the DLQ and devices table are derived."""
+    resources = cloud.resources()
+    outputs = resources["outputs"]
+    names = (
+        "--endpoint-url", resources["endpoint_url"],
+        "--table", outputs["RecordsTableName"], "--queue-url", outputs["RetryQueueUrl"],
+    )  # fmt: skip
+
+    dlq = _admin(*names, "dlq", "list", "--json")
+    token = _admin(*names, "device", "register", "--tenant", "flags-t", "--device", "flags-1")
+    listed = _admin(*names, "device", "list", "--tenant", "flags-t", "--json")
+
+    assert dlq.returncode == 0, dlq.stderr
+    assert "count" in json.loads(dlq.stdout)
+    assert token.returncode == 0 and token.stdout.startswith("fs1."), token.stderr
+    assert [d["device_id"] for d in json.loads(listed.stdout)["devices"]] == ["flags-1"]
+
+
+def test_the_local_stack_is_a_cloudformation_stack_for_stack_name(cloud: LocalStack) -> None:
+    resources = cloud.resources()
+
+    stats = _admin(
+        "--endpoint-url", resources["endpoint_url"], "--stack-name", resources["stack_name"],
+        "stats", "--json",
+    )  # fmt: skip
+
+    assert stats.returncode == 0, stats.stderr
+    assert set(json.loads(stats.stdout)) == {"tenants", "retry_queue", "dlq"}

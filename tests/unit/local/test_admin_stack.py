@@ -72,3 +72,90 @@ def test_a_command_needing_a_resource_nobody_named_says_how_to_name_it() -> None
 
     with pytest.raises(AdminError, match="--dlq-url"):
         found.require("dlq_url")
+
+
+def _account(tables: dict[str, str], redrive: bool = True) -> tuple[str, str]:
+    """Tables by name -> "records" or "devices" key schema; a retry queue and its DLQ."""
+    dynamodb = boto3.client("dynamodb", region_name="eu-west-1")
+    for name, kind in tables.items():
+        key = "pk" if kind == "records" else "device_id"
+        dynamodb.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        )
+    sqs = boto3.client("sqs", region_name="eu-west-1")
+    dlq = sqs.create_queue(QueueName="fs-dlq")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]
+    policy = {"deadLetterTargetArn": arn["QueueArn"], "maxReceiveCount": 5}
+    attributes = {"RedrivePolicy": json.dumps(policy)} if redrive else {}
+    retry = sqs.create_queue(QueueName="fs-retry", Attributes=attributes)["QueueUrl"]
+    return retry, dlq
+
+
+def _flags(table: str, queue_url: str) -> dict[str, str | None]:
+    return {**NO_FLAGS, "table": table, "queue_url": queue_url}
+
+
+def test_the_dlq_and_devices_table_are_derived_from_table_and_queue_url(stack: None) -> None:
+    retry, dlq = _account(
+        {"fs-RecordsTable": "records", "fs-DevicesTable": "devices", "zz-DevicesTable": "devices"}
+    )
+    found = discover(
+        region="eu-west-1", endpoint_url=None, stack_name=None, local=None,
+        explicit=_flags("fs-RecordsTable", retry),
+    )  # fmt: skip
+
+    complete = found.complete("dlq_url", "devices_table")
+
+    assert (complete.dlq_url, complete.devices_table) == (dlq, "fs-DevicesTable")
+
+
+def test_explicit_dlq_and_devices_table_are_not_derived(stack: None) -> None:
+    retry, _ = _account({"fs-RecordsTable": "records", "fs-DevicesTable": "devices"})
+    found = discover(
+        region="eu-west-1", endpoint_url=None, stack_name=None, local=None,
+        explicit={**_flags("fs-RecordsTable", retry), "dlq_url": "D", "devices_table": "T"},
+    )  # fmt: skip
+
+    complete = found.complete("dlq_url", "devices_table")
+
+    assert (complete.dlq_url, complete.devices_table) == ("D", "T")
+
+
+def test_a_retry_queue_without_redrive_policy_says_to_pass_dlq_url(stack: None) -> None:
+    retry, _ = _account({"fs-RecordsTable": "records"}, redrive=False)
+    found = discover(
+        region="eu-west-1", endpoint_url=None, stack_name=None, local=None,
+        explicit=_flags("fs-RecordsTable", retry),
+    )  # fmt: skip
+
+    with pytest.raises(AdminError, match=r"RedrivePolicy.*pass --dlq-url"):
+        found.complete("dlq_url")
+    with pytest.raises(AdminError, match=r"no table with the devices table's key.*--devices-table"):
+        found.complete("devices_table")
+
+
+def test_devices_tables_that_cannot_be_told_apart_say_to_pass_devices_table(stack: None) -> None:
+    retry, _ = _account({"a-devices": "devices", "b-devices": "devices"})
+    found = discover(
+        region="eu-west-1", endpoint_url=None, stack_name=None, local=None,
+        explicit=_flags("", retry),
+    )  # fmt: skip
+
+    with pytest.raises(AdminError, match=r"a-devices, b-devices.*--devices-table"):
+        found.complete("devices_table")
+
+
+def test_the_derived_devices_key_is_the_templates() -> None:
+    from pathlib import Path
+
+    from admin.stack import DEVICES_KEY_SCHEMA
+    from local.template import load_template
+
+    root = Path(__file__).resolve().parents[3]
+    template = load_template(root / "template.yaml", region="us-east-1", overrides={})
+    declared = template.resources["DevicesTable"]["Properties"]["KeySchema"]
+
+    assert declared == DEVICES_KEY_SCHEMA

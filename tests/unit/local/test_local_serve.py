@@ -292,3 +292,16 @@ def test_serve_does_not_cache_authorizer_decisions_unless_asked() -> None:
 
     assert build_parser().parse_args(["serve"]).authorizer_ttl == 0
     assert build_parser().parse_args(["serve", "--authorizer-ttl", "60"]).authorizer_ttl == 60
+
+
+def test_the_stack_is_registered_in_cloudformation_with_the_resolved_outputs(
+    stack: LocalStack,
+) -> None:
+    resources = stack.resources()
+
+    (described,) = _aws(stack, "cloudformation").describe_stacks(StackName=resources["stack_name"])[
+        "Stacks"
+    ]
+
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    assert outputs == resources["outputs"]
