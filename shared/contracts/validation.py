@@ -263,10 +263,13 @@ def encode_valid_op(
                 type(name) is not str
                 or not 0 < len(name) <= limits.MAX_FIELD_NAME_CHARS
                 or (value is None and not nulls_allowed)
+                or (type(value) in (dict, list) and _too_deep(value))
             ):
                 return None
         try:
-            text = _ENCODE(data)
+            # allow_nan=False: NaN and Infinity are not JSON (strict parsers refuse them);
+            # the ValueError sends the op to parse_op, which names the problem.
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
         except (TypeError, ValueError):
             return None
