@@ -12,7 +12,11 @@ An Agent owns one SQLite connection and belongs to the thread that opened it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -26,17 +30,36 @@ from device_agent.errors import DatabaseError, NotConfigured
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
 from device_agent.replica import Replica
-from device_agent.state import AgentState
+from device_agent.state import AgentState, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
 from device_agent.transport import HttpTransport, Transport
 from shared.contracts import JsonObject, OpKind, Priority
+from shared.contracts.hlc import NODE_PATTERN, validate_node_id
 
 PathLike = Union[str, "os.PathLike[str]"]
 TransportFactory = Callable[[str, str], Transport]
 """(endpoint, token) -> Transport. Tests pass one that wraps HttpTransport in a FaultTransport."""
 
 _SETTLED = ("auth", "timeout", "stopped")
+# A cloud-issued token: `fs1.<base64url(device id), unpadded>.<43+ chars of secret>` (the
+# format of shared/dal/devices.py, restated here: the agent does not import the DAL).
+_TOKEN_PREFIX = "fs1"  # noqa: S105 - a format marker, not a secret
+_TOKEN_SECRET_MIN_CHARS = 43
+_NODE_RE = re.compile(rf"^{NODE_PATTERN}$")
+
+
+def token_device_id(token: str) -> Optional[str]:
+    """The device id a cloud-issued token names, or None if the token is not of that form."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != _TOKEN_PREFIX or len(parts[2]) < _TOKEN_SECRET_MIN_CHARS:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        device_id = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        return None
+    return device_id if _NODE_RE.match(device_id) else None
 
 
 def default_sync_policy() -> RetryPolicy:
@@ -84,11 +107,20 @@ class Agent:
         device_id: Optional[str] = None,
         **options: Any,
     ) -> Agent:
-        """Create (or update) the device database with its settings, and open it."""
+        """Create (or update) the device database with its settings, and open it.
+
+        Without `device_id`, a cloud-issued token (`fs1.<base64url(device id)>.<secret>`)
+        names the device; otherwise the stored id is kept (a random one for a new file).
+        Another application's SQLite database is refused (ForeignDatabase).
+        """
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint {endpoint!r} must start with http:// or https://")
         if not token:
             raise ValueError("token must not be empty: get one with `sync-admin device register`")
+        if device_id is None:
+            device_id = token_device_id(token)  # None: keep the stored (or a random) id
+        else:
+            validate_node_id(device_id)  # before the file is touched
         agent = cls(path, open_database(path), **options)
         try:
             agent.state.update_settings(endpoint=endpoint, token=token, device_id=device_id)
@@ -100,7 +132,11 @@ class Agent:
 
     @classmethod
     def open(cls, path: PathLike, **options: Any) -> Agent:
-        """Open an existing device database (created by `Agent.init` / `sync-agent init`)."""
+        """Open an existing device database (created by `Agent.init` / `sync-agent init`).
+
+        An empty file, or anything that is not a FieldSync database, is refused
+        (NotInitialised / ForeignDatabase, both DatabaseError): only `init` creates one.
+        """
         location = os.fspath(path)
         if not Path(location).is_file():
             raise DatabaseError(
@@ -108,7 +144,7 @@ class Agent:
                 "--token TOKEN` first, or pass --db (or set SYNC_AGENT_DB)",
                 path=location,
             )
-        return cls(location, open_database(location), **options)
+        return cls(location, open_database(location, create=False), **options)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -181,14 +217,20 @@ class Agent:
 
     # -- sync ----------------------------------------------------------------------------
 
-    def engine(self) -> SyncEngine:
-        """The sync engine, with a transport for the current settings (rebuilt if they change)."""
+    def require_configured(self) -> Settings:
+        """The settings, or NotConfigured if there is no endpoint or token yet."""
         settings = self.state.settings()
         if not settings.endpoint or not settings.token:
             raise NotConfigured(
-                f"{self.path} has no endpoint or token: run `sync-agent init --endpoint URL "
-                "--token TOKEN`"
+                f"{self.path} has no endpoint or token (configuration is missing): run "
+                "`sync-agent init --endpoint URL --token TOKEN`"
             )
+        return settings
+
+    def engine(self) -> SyncEngine:
+        """The sync engine, with a transport for the current settings (rebuilt if they change)."""
+        settings = self.require_configured()
+        assert settings.endpoint is not None and settings.token is not None
         key = (settings.endpoint, settings.token)
         if self._engine is None or key != self._transport_key:
             if self._transport is not None:
@@ -209,7 +251,7 @@ class Agent:
 
     def sync(
         self,
-        timeout: float = 30.0,
+        timeout: Optional[float] = 30.0,
         *,
         progress: Optional[Callable[[ProcessingSummary], None]] = None,
     ) -> ProcessingSummary:
@@ -218,12 +260,15 @@ class Agent:
         Never raises for an unreachable or failing cloud: the summary says what happened
         (`synced`, `reached_cloud`, `stopped_by`, `errors`) and nothing is lost. Transient
         failures are retried a few times with jittered backoff while time allows. `progress`
-        is called with the running summary after every batch and page.
+        is called with the running summary after every batch and page. `timeout=None` means
+        no time limit (the retries above still end it); a NaN timeout is a ValueError.
         """
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds or None (no limit), not NaN")
         engine = self.engine()
         engine.on_progress = progress
         summary = ProcessingSummary()
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = math.inf if timeout is None else time.monotonic() + max(0.0, timeout)
         attempt = 0
         while True:
             summary.stopped_by, summary.retry_after = None, None
@@ -264,6 +309,7 @@ class Agent:
             "last_success_at": stats.last_success_at,
             "last_attempt_at": stats.last_attempt_at,
             "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
             "consecutive_failures": stats.consecutive_failures,
             "current_backoff_s": stats.current_backoff_s,
             "connectivity": stats.connectivity.value,

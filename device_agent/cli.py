@@ -2,7 +2,9 @@
 
 Exit codes: 0 success, 2 usage error, 1 any other error, and `sync` exits 75 (EX_TEMPFAIL)
 when it could not reach the cloud - nothing is lost, run it again later. Errors are one line
-on stderr saying what was wrong and what to do; never a traceback.
+on stderr saying what was wrong and what to do; never a traceback. A reader that closes
+stdout early (`status --json | head -c 200`) ends the command quietly with 141 (128 +
+SIGPIPE, what a shell reports for a program killed by a closed pipe).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import NoReturn, Optional
 
-from device_agent.agent import Agent
+from device_agent.agent import Agent, token_device_id
 from device_agent.errors import AgentError, InvalidInput, NotConfigured, NotFound
 from device_agent.progress import Progress
 from device_agent.summary import ProcessingSummary
@@ -24,6 +27,7 @@ from device_agent.worker import Worker
 from shared.contracts import ContractError, Priority
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 PROG = "sync-agent"
 PRIORITIES = [p.name.lower() for p in Priority]
 
@@ -35,6 +39,18 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _timeout(text: str) -> float:
+    """`sync --timeout S`: a finite number of seconds above 0 (0 could never reach the cloud,
+    so it would only ever report the cloud as unreachable)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds above 0")
+    return seconds
 
 
 def _default_db() -> str:
@@ -84,7 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("key", metavar="KEY")
 
     sync = command("sync", "push the outbox and pull changes now")
-    sync.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    sync.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=30.0,
+        metavar="S",
+        help="give up after S seconds (a finite number above 0; default 30)",
+    )
     command("run", "sync continuously until SIGTERM/SIGINT")
     status = command("status", "show the outbox and sync state")
     status.add_argument("--json", action="store_true")
@@ -116,11 +138,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return _dispatch(args, db)
+        code = _dispatch(args, db)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
     except (InvalidInput, ContractError, UsageError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except NotFound as exc:
-        return _fail(f"{exc}: see `{PROG} quarantine list`", EXIT_ERROR)
+        hint = f"`{PROG} quarantine list`"
+        return _fail(str(exc) if hint in str(exc) else f"{exc}: see {hint}", EXIT_ERROR)
     except NotConfigured as exc:
         return _fail(str(exc), EXIT_ERROR)
     except AgentError as exc:
@@ -135,6 +162,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
 
 
+def _broken_pipe() -> int:
+    """Stdout was closed by its reader: stop quietly. Later writes (the interpreter's final
+    flush) go to /dev/null, so Python prints no "Exception ignored" either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
     return code
@@ -143,6 +182,7 @@ def _fail(message: str, code: int) -> int:
 def _dispatch(args: argparse.Namespace, db: str) -> int:
     command = args.command
     if command == "init":
+        _warn_device_mismatch(args.device_id, args.token)
         try:
             with Agent.init(
                 db, endpoint=args.endpoint, token=args.token, device_id=args.device_id
@@ -153,7 +193,8 @@ def _dispatch(args: argparse.Namespace, db: str) -> int:
         return EXIT_OK
     if command == "run":
         worker = Worker(db)
-        Agent.open(db).close()  # fail fast, with the usual message, if there is no database
+        with Agent.open(db) as agent:  # fail fast, with the usual messages:
+            agent.require_configured()  # no database, or no endpoint/token
         worker.install_signal_handlers()
         worker.run()
         return EXIT_OK
@@ -173,12 +214,33 @@ def _dispatch(args: argparse.Namespace, db: str) -> int:
         return _quarantine(agent, args)
 
 
+def _warn_device_mismatch(device_id: Optional[str], token: str) -> None:
+    named = token_device_id(token)
+    if device_id is not None and named is not None and named != device_id:
+        sys.stderr.write(
+            f"{PROG}: warning: --device-id {device_id} is not the device this token was "
+            f"issued for ({named}); keeping {device_id}, but a cloud that requires the HLC "
+            "node to be the token's device will reject its ops\n"
+        )
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name}: NaN and Infinity are not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: valid syntax, but no JSON number can hold it
+        raise ValueError(f"{text} is out of range: NaN and Infinity are not valid JSON")
+    return number
+
+
 def _write(agent: Agent, args: argparse.Namespace) -> int:
     if args.command == "delete":
         print(agent.delete(args.collection, args.key, priority=args.priority))
         return EXIT_OK
     try:
-        document = json.loads(args.json)
+        document = json.loads(args.json, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise InvalidInput(
             f"JSON argument is not valid JSON ({exc}): quote it, e.g. '{{\"a\": 1}}'"
@@ -245,7 +307,7 @@ def _status(agent: Agent, *, as_json: bool) -> int:
         ),
         ("quarantined", status["quarantined"]),
         ("last success", _when(status["last_success_at"])),
-        ("last error", status["last_error"] or "-"),
+        ("last error", _last_error(status)),
         ("failures", f"{status['consecutive_failures']} in a row"),
         ("backoff", f"{status['current_backoff_s']:g}s"),
         ("clock offset", _offset(status["clock_offset_ms"])),
@@ -260,6 +322,17 @@ def _when(epoch: Optional[float]) -> str:
         return "never"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     return f"{stamp} ({max(0.0, time.time() - epoch):.0f}s ago)"
+
+
+def _last_error(status: dict[str, object]) -> str:
+    error = status["last_error"]
+    if not error:
+        return "-"
+    at, success = status.get("last_error_at"), status["last_success_at"]
+    if not isinstance(at, (int, float)):
+        return str(error)
+    settled = isinstance(success, (int, float)) and success > at
+    return f"{error} at {_when(at)}" + (", before the last success" if settled else "")
 
 
 def _offset(ms: Optional[int]) -> str:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
-from device_agent.errors import DatabaseError, SchemaTooNew
+from device_agent.errors import DatabaseError, ForeignDatabase, NotInitialised, SchemaTooNew
 
 StrPath = Union[str, "os.PathLike[str]"]
 
@@ -114,6 +114,9 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Tables every version of the schema has: a file with user_version > 0 but without them
+# belongs to another application that happens to set user_version too.
+OWN_TABLES = frozenset({"kv", "outbox", "delivery", "quarantine", "replica"})
 
 
 def open_database(
@@ -121,12 +124,15 @@ def open_database(
     *,
     synchronous: str = "FULL",
     busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    create: bool = True,
 ) -> sqlite3.Connection:
     """Open (creating or migrating) the device database at `path`.
 
     The connection is in autocommit mode (`isolation_level=None`): writes go through
     `transaction()`. Raises DatabaseError naming the file and the remedy when the file is not
-    a database, stays locked beyond `busy_timeout_s`, or cannot be created.
+    a database, stays locked beyond `busy_timeout_s`, or cannot be created. Another
+    application's SQLite database is never adopted (ForeignDatabase). With `create=False` an
+    empty file is refused too (NotInitialised): only `sync-agent init` creates the schema.
     """
     mode = synchronous.upper()
     if mode not in SYNCHRONOUS_MODES:
@@ -152,6 +158,7 @@ def open_database(
         raise _translate(exc, location) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        _check_ownership(conn, location, create=create)  # before anything writes to it
         _set_wal(conn)
         # An op is "accepted" when record() returns, so its commit must survive a power cut.
         # In WAL mode synchronous=NORMAL fsyncs only at checkpoints: a commit is durable
@@ -168,6 +175,35 @@ def open_database(
         conn.close()
         raise
     return conn
+
+
+def _check_ownership(conn: sqlite3.Connection, location: str, *, create: bool) -> None:
+    """Refuse a file that is not ours: another application's database, or (unless `create`)
+    an empty one."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    names = {
+        str(row[0])
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        )
+    }
+    if version == 0 and not names:
+        if create:
+            return
+        raise NotInitialised(
+            f"{location} is not an initialised FieldSync database (it is empty): run "
+            "`sync-agent init --endpoint URL --token TOKEN` first, or pass another --db",
+            path=location,
+        )
+    if version > 0 and names >= OWN_TABLES:
+        return
+    shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    raise ForeignDatabase(
+        f"{location} is another application's SQLite database (tables: {shown or 'none'}), "
+        "not a FieldSync database: the agent only initialises an empty or new file; pass "
+        "another --db path",
+        path=location,
+    )
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

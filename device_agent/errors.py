@@ -28,6 +28,14 @@ class SchemaTooNew(DatabaseError):
     """The database was written by a newer agent whose schema this version does not know."""
 
 
+class NotInitialised(DatabaseError):
+    """The file exists but holds no FieldSync database: `sync-agent init` has not been run."""
+
+
+class ForeignDatabase(DatabaseError):
+    """The file is another application's SQLite database: the agent never adopts it."""
+
+
 class OutboxFull(AgentError):
     """A write was refused because the outbox reached its bound; nothing was stored.
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 from device_agent.outbox_model import op_from_row
 from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
+from shared.contracts.validation import Problem
 
 # The keys, quotes and punctuation of an op's wire form, plus its HLC: sizes are approximate.
 WIRE_OVERHEAD = 160
@@ -89,7 +90,12 @@ def encode(op: Op) -> tuple[Optional[str], int]:
     """The stored data JSON and the op's approximate wire size in bytes."""
     if op.data is None:
         return None, stored_size(op.op_id, op.collection, op.key, 0)
-    text = json.dumps(op.data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(op.data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:  # NaN or an infinity: strict JSON parsers would refuse it
+        raise ContractError(
+            [Problem("op.data", f"is not JSON ({exc}); NaN and Infinity are not valid JSON")]
+        ) from exc
     return text, stored_size(op.op_id, op.collection, op.key, len(text.encode("utf-8")))
 
 

@@ -48,6 +48,9 @@ class SyncStats:
     last_success_at: Optional[float] = None
     last_attempt_at: Optional[float] = None
     last_error: Optional[str] = None
+    # When `last_error` happened: an error older than `last_success_at` is history, not the
+    # current state (kept for the operator, not cleared by a later success).
+    last_error_at: Optional[float] = None
     consecutive_failures: int = 0
     current_backoff_s: float = 0.0
     connectivity: Connectivity = Connectivity.UNKNOWN

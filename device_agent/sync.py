@@ -157,6 +157,7 @@ class SyncEngine:
             self.state.update_stats(
                 last_attempt_at=now,
                 last_error=describe(failure),
+                last_error_at=now,
                 consecutive_failures=previous.consecutive_failures + 1,
                 connectivity=connectivity,
             )

@@ -53,7 +53,7 @@ from device_agent.backoff import (
     RetryBudget,
     RetryPolicy,
 )
-from device_agent.errors import DatabaseError, NotConfigured
+from device_agent.errors import DatabaseError
 from device_agent.network import Connectivity
 from device_agent.sync import SyncEngine
 
@@ -159,8 +159,13 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until stopped. Opens its own Agent: a SQLite connection belongs to a thread."""
+        """Run until stopped. Opens its own Agent: a SQLite connection belongs to a thread.
+
+        Raises NotConfigured at once for a database without endpoint or token (waiting would
+        not help: only `sync-agent init` does); an unreachable cloud is waited out.
+        """
         with Agent.open(self.path, **self._agent_options) as agent:
+            agent.require_configured()
             agent.monitor.subscribe(self._on_connectivity)
             try:
                 self._loop(agent)
@@ -186,12 +191,7 @@ class Worker:
         self._work_known = True
         while not self._stop.is_set():
             self.loops += 1
-            try:
-                engine = agent.engine()  # rebuilt (and auth cleared) when settings change
-            except NotConfigured as exc:
-                log.error("not configured error=%s", exc)
-                self._wait(5.0)
-                continue
+            engine = agent.engine()  # rebuilt (and auth cleared) when settings change
             engine.should_stop = self._stop.is_set  # finish the current batch, then return
             state = agent.monitor.state
             try:

@@ -1,0 +1,175 @@
+"""The agent's Python API refuses non-finite numbers and files that are not its database,
+reads the device id from a cloud token, and takes `sync(timeout=None)` as no limit."""
+
+from __future__ import annotations
+
+import base64
+import math
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device_agent import Agent
+from device_agent.agent import token_device_id
+from device_agent.errors import ForeignDatabase, NotConfigured, NotInitialised
+from device_agent.worker import Worker
+from shared.contracts import ContractError
+from shared.contracts.validation import encode_valid_op
+from tests.support.protocol_server import ProtocolServer
+
+pytestmark = pytest.mark.agent
+TOKEN = "api-token"
+OP_ID = "01a21010-83d7-7000-ad3c-5cfc803a88ad"
+HLC = "1700000000000-00000-pi-7"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "device.db"
+    Agent.init(path, endpoint="http://127.0.0.1:9", token=TOKEN, device_id="pi-7").close()
+    return path
+
+
+@pytest.fixture
+def server() -> Iterator[ProtocolServer]:
+    with ProtocolServer(token=TOKEN) as running:
+        yield running
+
+
+NON_FINITE: list[Any] = [
+    {"a": math.nan},
+    {"a": math.inf},
+    {"a": {"b": [1, -math.inf]}},
+]
+
+
+@pytest.mark.parametrize("data", NON_FINITE)
+def test_non_finite_numbers_are_refused_anywhere_in_data(db: Path, data: Any) -> None:
+    with Agent.open(db) as agent:
+        for write in (
+            lambda: agent.put("prefs", "k", data),
+            lambda: agent.patch("prefs", "k", data),
+            lambda: agent.put_many([("prefs", "k1", {"ok": 1}), ("prefs", "k2", data)]),
+        ):
+            with pytest.raises(ContractError, match="NaN and Infinity are not valid JSON"):
+                write()
+        assert agent.outbox.depth() == 0  # put_many: all or nothing
+
+
+@pytest.mark.parametrize("data", NON_FINITE)
+def test_the_encoding_fast_path_does_not_vouch_for_non_finite_numbers(data: Any) -> None:
+    checked = encode_valid_op(
+        OP_ID, HLC, collection="prefs", key="k", kind="put", data=data, priority=2
+    )
+    assert checked is None  # parse_op decides, and names the problem
+    ok = encode_valid_op(
+        OP_ID, HLC, collection="prefs", key="k", kind="put", data={"a": 1.5}, priority=2
+    )
+    assert ok == ('{"a":1.5}', 9)
+
+
+def test_open_refuses_an_empty_file_and_leaves_it_empty(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(NotInitialised, match="sync-agent init"):
+        Agent.open(path)
+    assert path.stat().st_size == 0
+
+
+def test_a_foreign_database_is_refused_by_open_and_init(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 1")  # even one that sets a schema version
+        conn.execute("CREATE TABLE kv (k TEXT)")
+    with pytest.raises(ForeignDatabase, match="another application"):
+        Agent.open(path)
+    with pytest.raises(ForeignDatabase, match="another application"):
+        Agent.init(path, endpoint="http://127.0.0.1:9", token=TOKEN)
+    with sqlite3.connect(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert names == {"kv"}
+
+
+def test_a_failed_init_leaves_no_database_behind(tmp_path: Path) -> None:
+    path = tmp_path / "device.db"
+    with pytest.raises(ValueError, match="node id"):
+        Agent.init(path, endpoint="http://127.0.0.1:9", token=TOKEN, device_id="bad id")
+    assert not path.exists()
+
+
+def test_the_worker_refuses_a_database_without_settings(tmp_path: Path) -> None:
+    from device_agent.db import open_database
+
+    path = tmp_path / "device.db"
+    open_database(path).close()
+    with pytest.raises(NotConfigured, match="configuration is missing"):
+        Worker(path).run()
+
+
+def token_for(device_id: str) -> str:
+    encoded = base64.urlsafe_b64encode(device_id.encode()).decode().rstrip("=")
+    return f"fs1.{encoded}.{'x' * 43}"
+
+
+@pytest.mark.parametrize(
+    ("token", "device_id"),
+    [
+        (token_for("pi-42"), "pi-42"),
+        (token_for("a.b:c_d-1"), "a.b:c_d-1"),
+        ("plain-token", None),
+        ("fs1.cGktNDI.short", None),  # secret too short
+        ("fs2." + token_for("pi-42")[4:], None),
+        ("fs1.!!!." + "x" * 43, None),
+        (token_for("has space"), None),  # not a node id
+    ],
+)
+def test_token_device_id(token: str, device_id: Any) -> None:
+    assert token_device_id(token) == device_id
+
+
+def test_init_uses_the_token_device_unless_told_otherwise(tmp_path: Path) -> None:
+    path = tmp_path / "device.db"
+    with Agent.init(path, endpoint="http://127.0.0.1:9", token=token_for("pi-42")) as agent:
+        assert agent.state.device_id == "pi-42"
+    with Agent.init(
+        path, endpoint="http://127.0.0.1:9", token=token_for("pi-42"), device_id="pi-7"
+    ) as agent:
+        assert agent.state.device_id == "pi-7"
+
+
+def test_sync_timeout_none_means_no_limit(db: Path, server: ProtocolServer) -> None:
+    with Agent.init(db, endpoint=server.url, token=TOKEN) as agent:
+        agent.put("prefs", "k", {"a": 1})
+        summary = agent.sync(timeout=None)
+        assert summary.synced and summary.remaining == 0
+        with pytest.raises(ValueError, match="NaN"):
+            agent.sync(timeout=math.nan)
+
+
+def test_last_error_is_dated_and_a_later_success_is_after_it(
+    db: Path, server: ProtocolServer
+) -> None:
+    with Agent.init(db, endpoint=server.url, token="wrong") as agent:
+        assert agent.sync(timeout=10).stopped_by == "auth"
+        failed = agent.status()
+        assert failed["last_error"] and failed["last_error_at"] is not None
+    with Agent.init(db, endpoint=server.url, token=TOKEN) as agent:
+        assert agent.sync(timeout=10).synced
+        status = agent.status()
+    assert status["last_error"] == failed["last_error"]  # history kept
+    assert status["last_error_at"] == failed["last_error_at"] < status["last_success_at"]
+
+
+def test_data_nested_too_deep_is_refused_at_record_time(db: Path) -> None:
+    from shared.contracts import limits
+
+    deep: Any = 1
+    for _ in range(limits.MAX_NESTING_DEPTH + 1):
+        deep = {"d": deep}
+    with Agent.open(db) as agent:
+        with pytest.raises(ContractError, match="nested more than"):
+            agent.put("prefs", "k", {"a": deep})
+        assert agent.outbox.depth() == 0
