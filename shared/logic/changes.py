@@ -102,14 +102,7 @@ def read_changes(
         # Nothing can have settled since (e.g. another Lambda's clock is a little ahead).
         page = ChangesPage([], encode_cursor(position), False)
         return ChangesResult(page, format_hlc(max(horizon_ms, 0), 0, SERVER_NODE))
-    # One Query per page where DynamoDB's 1 MB page allows: the page and the has_more probe.
-    entries = feed(
-        principal.tenant_id,
-        after=position,
-        before=horizon_key,
-        collection=collection,
-        page_size=limit + 1,
-    )
+    entries = feed(principal.tenant_id, after=position, before=horizon_key, collection=collection)
     for entry in entries:
         if len(changes) == limit:
             has_more = True
