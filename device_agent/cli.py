@@ -225,13 +225,19 @@ def _warn_device_mismatch(device_id: Optional[str], token: str) -> None:
 
 
 def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name}: NaN and Infinity are not valid JSON")
+    raise InvalidInput(
+        f"JSON argument contains {name}: NaN and Infinity are not valid JSON; use a finite "
+        "number, a string or null"
+    )
 
 
 def _finite_float(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):  # 1e999: valid syntax, but no JSON number can hold it
-        raise ValueError(f"{text} is out of range: NaN and Infinity are not valid JSON")
+        raise InvalidInput(
+            f"JSON argument contains {text}, too large for a finite number: NaN and Infinity "
+            "are not valid JSON; use a smaller number or a string"
+        )
     return number
 
 
@@ -241,6 +247,8 @@ def _write(agent: Agent, args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         document = json.loads(args.json, parse_constant=_reject_constant, parse_float=_finite_float)
+    except InvalidInput:
+        raise
     except ValueError as exc:
         raise InvalidInput(
             f"JSON argument is not valid JSON ({exc}): quote it, e.g. '{{\"a\": 1}}'"
