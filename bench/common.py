@@ -124,7 +124,11 @@ def header(ctx: Context) -> str:
     load = ""
     with contextlib.suppress(OSError, AttributeError):
         load = f" (load average {os.getloadavg()[0]:.2f} when this section was written)"
-    return f"Command: `{ctx.command}`{mode}  \nDate: {ctx.date}  \nMachine: {ctx.machine}{load}\n"
+    code = f"  \nCode: {ctx.code}" if ctx.code else ""
+    return (
+        f"Command: `{ctx.command}`{mode}  \nDate: {ctx.date}  \n"
+        f"Machine: {ctx.machine}{load}{code}\n"
+    )
 
 
 def goals_table(goals: Sequence[Goal]) -> str:
