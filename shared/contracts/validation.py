@@ -208,8 +208,6 @@ def parse_op(raw: Any, path: str = "op") -> Op:
     )
 
 
-# `encoded_size`'s encoding, built once: the stored data text and the size limit share it.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # The compact JSON of an op without its values: {"op_id":"","collection":"","key":"",...}.
 _OP_FRAME = len('{"op_id":"","collection":"","key":"","kind":"","hlc":"","priority":}')
 _DATA_FRAME = len(',"data":')
