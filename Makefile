@@ -40,7 +40,7 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 unit: $(BIN)/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The device agent must keep working on the oldest Python a field device runs.
 test-py39:
@@ -51,7 +51,7 @@ else
 	@echo "Python 3.9 not found: skipping the agent tests on 3.9"
 endif
 
-test: lint typecheck unit test-py39
+test: lint typecheck sam-build unit test-py39
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m local.demo
