@@ -8,8 +8,9 @@ environment variables the template gives that function (intrinsics replaced by p
 values). The layer is rebuilt for this machine from the .venv's copies of the exact
 distributions in layer/requirements.txt plus shared/, so an import that only works because
 the .venv has something the layer lacks fails here as it would in Lambda. Two cases: the
-layer as the Makefile ships it (no bytecode: `--no-compile`, `__pycache__` removed, and
-/opt is read-only in Lambda, so every cold start compiles it), and with bytecode compiled.
+layer without bytecode (/opt is read-only in Lambda, so a layer shipped without it is
+compiled again at every cold start) and with bytecode compiled; the goal is judged on the
+one layer/Makefile ships (it ships bytecode when it runs compileall).
 
 Size: the zip of each function and of the layer, from `.aws-sam/build` when `make
 sam-build` has been run, else from the layer rebuilt as above (the section says which).
@@ -268,7 +269,7 @@ def _zip_size(directory: Path) -> tuple[int, int]:
     raw = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(directory.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
+            if path.is_file():  # everything sam would zip, bytecode included
                 zf.write(path, path.relative_to(directory))
                 raw += path.stat().st_size
     return len(buffer.getvalue()), raw
@@ -278,6 +279,8 @@ def run(quick: bool) -> dict[str, Any]:
     runs = 2 if quick else 5
     fns = functions_of_template()
     results: dict[str, Any] = {"functions": [], "runs": runs}
+    makefile = ROOT / "layer" / "Makefile"
+    results["ships_bytecode"] = makefile.is_file() and "compileall" in makefile.read_text()
     with tempfile.TemporaryDirectory(prefix="fieldsync-coldstart-") as tmp:
         base = Path(tmp)
         layer_plain = base / "layer-plain"
@@ -322,12 +325,14 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
 
     fns = results["functions"]
     names = [f["name"].removesuffix("Function") for f in fns]
-    shipped = [f["shipped"]["median_ms"] for f in fns]
+    key = "bytecode" if results.get("ships_bytecode") else "shipped"
+    kind = "with bytecode" if key == "bytecode" else "no bytecode"
+    shipped = [f[key]["median_ms"] for f in fns]
     bar_chart(
         IMG / "coldstart_import.png",
         names,
         [0.0 if math.isnan(v) else v for v in shipped],  # NaN: the import failed
-        title="Handler import time, layer as shipped (no bytecode), median",
+        title=f"Handler import time, layer as shipped ({kind}), median",
         ylabel="ms (python -X importtime, cumulative)",
         limit=IMPORT_GOAL_MS,
         limit_label=f"goal {IMPORT_GOAL_MS:g} ms",
@@ -337,6 +342,7 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
     goals = []
     for f, name in zip(fns, names):
         s, b = f["shipped"], f["bytecode"]
+        g = f[key]
         total_zip = f["zip"] + layer_zip
         rows.append(
             [
@@ -352,12 +358,12 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
                 fmt(s["boto3_median_ms"]),
             ]
         )
-        ok = not s["error"] and s["median_ms"] < IMPORT_GOAL_MS
+        ok = not g["error"] and g["median_ms"] < IMPORT_GOAL_MS
         goals.append(
             Goal(
-                f"{name}: import (layer as shipped)",
+                f"{name}: import (layer as shipped, {kind})",
                 f"< {IMPORT_GOAL_MS:g} ms",
-                f"{fmt(s['median_ms'])} ms" if not s["error"] else "import fails",
+                f"{fmt(g['median_ms'])} ms" if not g["error"] else "import fails",
                 ok,
             )
         )
@@ -377,9 +383,10 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
         f"{', '.join(results['layer_dists'])} - the pins of layer/requirements.txt - plus "
         "`shared/`), then only what the python3.13 runtime ships (stdlib, "
         f"{', '.join(RUNTIME_PACKAGES)}), with the environment variables the template sets "
-        'for that function. "As shipped" is the layer as layer/Makefile builds it (no '
-        'bytecode; /opt is read-only in Lambda, so every cold start compiles it); "with '
-        'bytecode" has the layer precompiled. This machine is not a Lambda arm64 sandbox: '
+        "for that function. Two layers are timed: without bytecode (/opt is read-only in "
+        "Lambda, so a layer shipped that way is compiled again at every cold start) and with "
+        f'bytecode precompiled; layer/Makefile ships the one marked "shipped" ({kind}), '
+        "and the goal is judged on it. This machine is not a Lambda arm64 sandbox: "
         "compare the figures with each other and with the goal, not with a Lambda Init "
         "Duration.\n\n"
         f"Sizes: zip (deflate) of each function and of the layer, from {results['size_source']}"
@@ -394,8 +401,8 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
             [
                 "function",
                 "code",
-                "import ms, as shipped",
-                "import ms, with bytecode",
+                "import ms, no bytecode" + (" (shipped)" if key == "shipped" else ""),
+                "import ms, with bytecode" + (" (shipped)" if key == "bytecode" else ""),
                 "process wall ms",
                 "function zip",
                 "function + layer zip",
@@ -406,7 +413,7 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
             rows,
         )
     )
-    import_missed = [f for f in fns if f["shipped"]["error"] or f["shipped"]["median_ms"] >= 300]
+    import_missed = [f for f in fns if f[key]["error"] or f[key]["median_ms"] >= 300]
     if import_missed:
         compile_cost = [
             f["shipped"]["median_ms"] - f["bytecode"]["median_ms"]
@@ -415,7 +422,7 @@ def render(results: dict[str, Any], ctx: Context) -> Section:
         ]
         boto = [f["shipped"]["boto3_median_ms"] for f in fns if not f["shipped"]["error"]]
         parts = []
-        if compile_cost and max(compile_cost) > 50:
+        if key == "shipped" and compile_cost and max(compile_cost) > 50:
             parts.append(
                 "the layer ships without bytecode, so each cold start compiles powertools, "
                 "pynamodb, aws_xray_sdk and shared/: "
