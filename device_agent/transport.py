@@ -284,9 +284,18 @@ class HttpTransport:
             return result
         body, traffic = result
         try:
-            return Accepted(parse_batch_response(body), traffic)
+            response = parse_batch_response(body)
         except (ContractError, KeyError, TypeError) as exc:
             return ServerError(200, f"batch response breaks the protocol: {exc}", traffic)
+        if response.batch_id != batch_id:
+            # Results for someone else's ops must never ack ours: resend later instead.
+            return ServerError(
+                200,
+                f"the answer is for batch {response.batch_id!r}, not {batch_id!r}: "
+                "a proxy or the server mixed up responses",
+                traffic,
+            )
+        return Accepted(response, traffic)
 
     def pull(self, after: Optional[str], limit: int) -> PullOutcome:
         params: dict[str, Any] = {"limit": limit}

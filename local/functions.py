@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -53,9 +54,18 @@ class LocalFunction:
     arn: str
     environment: dict[str, str]
     handler: Callable[[Any, Any], Any]
+    # One execution environment handles one request at a time. Handlers may keep the current
+    # request on module-level objects (powertools' resolver keeps `current_event`), so two
+    # concurrent calls into one module would answer one device with another's request.
+    _environment_busy: threading.Lock = field(
+        default_factory=threading.Lock, repr=False, compare=False
+    )
 
     def invoke(self, event: Any) -> Any:
-        """Call the handler once, as a Lambda invocation would; exceptions propagate."""
+        """Call the handler once, as a Lambda invocation would; exceptions propagate.
+
+        Calls are serialised per function, as in a single Lambda execution environment.
+        """
         context = LambdaContext(
             function_name=self.name,
             invoked_function_arn=self.arn,
@@ -63,7 +73,8 @@ class LocalFunction:
             timeout_s=self.spec.timeout_s,
             log_group_name=f"/aws/lambda/{self.name}",
         )
-        return self.handler(event, context)
+        with self._environment_busy:
+            return self.handler(event, context)
 
 
 def function_environment(

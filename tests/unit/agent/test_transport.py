@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -199,3 +202,39 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412500.0) == 10.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+class _MixedUpAnswers(BaseHTTPRequestHandler):
+    """A broken server or proxy: answers every batch with another batch's results."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps(
+            {
+                "batch_id": "someone-elses-batch",
+                "server_time": "1764000000000-00000-server",
+                "results": [{"op_id": "op-1", "status": "applied"}],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_answer_for_another_batch_is_a_server_error_not_an_ack() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MixedUpAnswers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = HttpTransport(f"http://127.0.0.1:{server.server_address[1]}", TOKEN)
+        outcome = client.push(new_batch_id(), [make_op(1)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert isinstance(outcome, ServerError)
+    assert "mixed up" in outcome.message
