@@ -234,7 +234,7 @@ def _sample_text(kit: dict[str, Any], naive: dict[str, Any]) -> str:
         f"Backlog: the kit pushes the whole {kit['ops']:,}-op backlog "
         f"({kit['requests']:,} requests in {kit['seconds']:.0f} s). The naive client, at "
         f"~{fmt(naive_rate)} requests/s against the local stack here, would need "
-        f"~{population / naive_rate:.0f} s for all {population:,}, so it pushes a "
+        f"~{population / naive_rate:,.0f} s for all {population:,}, so it pushes a "
         f"systematic sample: every {naive['stride']}th op of an identical {population:,}-op "
         f"backlog, {naive['ops']:,} requests. Its costs are exactly per op (one request "
         "per op, the same headers, one op in the body), so the sample's per-op figures are "
