@@ -530,14 +530,14 @@ def _push_log_text(results: dict[str, Any]) -> str:
             f"\nTransient failures met and retried by the agent's retry policy during the "
             f"timed pushes: {len(retries)} (" + "; ".join(sorted(set(retries))[:3]) + ").\n"
         )
-    if results.get("idle_rounds") or results.get("deferred_ops"):
+    if "idle_rounds" in results:
         text += (
             f"\nOps the agent deferred to a later attempt during the timed pushes (the cloud "
-            f"did not settle them): {results.get('deferred_ops', 0)}; rounds that sent "
-            f"nothing because every op left was waiting for its next attempt: "
-            f"{results.get('idle_rounds', 0)}, {results.get('idle_s', 0.0):.1f} s slept "
-            "in all (bounded sleeps, up to 1 s each, until an op was due). Those waits are "
-            "in the timed figures.\n"
+            f"did not settle them): {results['deferred_ops']}; rounds that sent nothing "
+            f"because every op left was waiting for its next attempt: "
+            f"{results['idle_rounds']}, {results['idle_s']:.1f} s slept in all (bounded "
+            "sleeps, up to 1 s each, until an op was due; any such wait is in the timed "
+            "figures).\n"
         )
     return text
 
