@@ -10,6 +10,8 @@ ack (two transactions per 100 ops); persist-queue's SQLiteAckQueue commits every
 and ack (it refuses auto_commit=False); litequeue commits every put (or a batch inside its
 transaction()), and every pop and done. The raw baseline is one INSERT per transaction (the
 fsync limit), executemany for batches, and DELETE ... RETURNING of 100 rows per transaction.
+The outbox's drain rate is also measured against backlog size (1,000, 10,000, 100,000 and
+1,000,000 pending ops; quick: 1,000, 10,000 and 50,000), draining the same sample from each.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 PAYLOAD = {"currency": "BTC", "theme": "dark", "note": "x" * 48}
 BATCH = 1_000
@@ -94,16 +96,18 @@ def _raw(folder: Path, size: dict[str, int]) -> dict[str, float]:
     }
 
 
-def _fieldsync(folder: Path, size: dict[str, int]) -> dict[str, float]:
+def _open_outbox(path: Path) -> tuple[Any, sqlite3.Connection]:
+    """A fresh outbox as the agent opens it (WAL, synchronous=FULL), unbounded; its conn."""
     from device_agent.db import open_database
     from device_agent.outbox import Outbox
     from device_agent.state import AgentState
 
-    def fresh(name: str) -> Outbox:
-        conn = open_database(folder / name, synchronous="FULL")
-        return Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40)
+    conn = open_database(path, synchronous="FULL")
+    return Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40), conn
 
-    batched = fresh("batch.db")
+
+def _fieldsync(folder: Path, size: dict[str, int]) -> dict[str, float]:
+    batched, _ = _open_outbox(folder / "batch.db")
 
     def in_batches() -> None:
         for start in range(0, size["batch"], BATCH):
@@ -184,17 +188,12 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
     from persistqueue import SQLiteAckQueue
     from persistqueue.serializers import json as json_serializer
 
-    from device_agent.db import open_database
-    from device_agent.outbox import Outbox
-    from device_agent.state import AgentState
-
     text = json.dumps(PAYLOAD)
     raw = sqlite3.connect(folder / "raw.db", isolation_level=None)
     raw.execute("PRAGMA journal_mode = WAL")
     raw.execute("PRAGMA synchronous = FULL")
     raw.execute("CREATE TABLE q (seq INTEGER PRIMARY KEY, data TEXT NOT NULL)")
-    conn = open_database(folder / "outbox.db", synchronous="FULL")
-    outbox = Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40)
+    outbox, _ = _open_outbox(folder / "outbox.db")
     pq = SQLiteAckQueue(str(folder / "pq"), serializer=json_serializer)
     pq._conn.execute("PRAGMA synchronous = FULL")
     lq = LiteQueue(folder / "lq.db")
@@ -226,24 +225,63 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
     return {name: _rate(per_round * rounds, seconds) for name, seconds in spent.items()}
 
 
-def _backlog(folder: Path, size: dict[str, int]) -> dict[str, float]:
-    """The outbox with a large backlog: build rate, claim latency, drain speed vs 1k."""
-    from device_agent.db import open_database
-    from device_agent.outbox import Outbox
-    from device_agent.state import AgentState
+def backlog_sizes(top: int) -> tuple[int, ...]:
+    """The backlog sizes the drain rate is measured at: 1,000, 10,000, ... below `top`, then
+    `top` (the big backlog)."""
+    steps: list[int] = []
+    size = 1_000
+    while size < top:
+        steps.append(size)
+        size *= 10
+    return (*steps, top)
 
-    conn = open_database(folder / "backlog.db", synchronous="FULL")
-    outbox = Outbox(conn, AgentState(conn), max_ops=10_000_000, max_bytes=2**40)
+
+def _fill(outbox: Any, count: int, first_key: int = 0) -> float:
+    """Record `count` ops (5 priorities) with record_many, 5,000 per transaction; seconds."""
     chunk = 5_000
+    end = first_key + count
     started = time.perf_counter()
-    for start in range(0, size["backlog"], chunk):
+    for start in range(first_key, end, chunk):
         outbox.record_many(
             [
                 ("bench", f"k{i}", "put", PAYLOAD, i % 5)
-                for i in range(start, min(start + chunk, size["backlog"]))
+                for i in range(start, min(start + chunk, end))
             ]
         )
-    build_s = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def _timed_drain(outbox: Any, limit: int) -> tuple[int, float]:
+    """(ops drained, seconds) draining up to `limit` ops (whole claims of 100)."""
+    started = time.perf_counter()
+    drained = _drain_outbox(outbox, limit)
+    return drained, time.perf_counter() - started
+
+
+def _drain_from_backlogs(path: Path, backlog: int, sample: int) -> tuple[int, float]:
+    """(ops drained, ops/s) draining `sample` ops from a fresh `backlog`-op outbox.
+
+    A backlog at least as large as the sample is built once and `sample` ops drained from
+    it; a smaller one is drained whole and rebuilt until the sample is drained. Only the
+    drains are timed.
+    """
+    outbox, conn = _open_outbox(path)
+    drained, seconds = 0, 0.0
+    try:
+        while drained < sample:
+            _fill(outbox, backlog, first_key=drained)
+            count, spent = _timed_drain(outbox, min(backlog, sample - drained))
+            drained, seconds = drained + count, seconds + spent
+    finally:
+        conn.close()
+    return drained, _rate(drained, seconds)
+
+
+def _backlog(folder: Path, size: dict[str, int]) -> dict[str, Any]:
+    """The outbox with a large backlog: build rate, claim latency, drain rate by backlog size."""
+    *smaller, top = backlog_sizes(size["backlog"])
+    outbox, conn = _open_outbox(folder / "backlog.db")
+    build_s = _fill(outbox, top)
     claims: list[float] = []
     for _ in range(200):
         began = time.perf_counter()
@@ -251,40 +289,47 @@ def _backlog(folder: Path, size: dict[str, int]) -> dict[str, float]:
         claims.append(time.perf_counter() - began)
         outbox.release_unattempted([pending.op.op_id for pending in batch])
     query = _claim_query_ms(conn)
-    drained_big = size["drain"]
-    big_s = _timed(lambda: _drain_outbox(outbox, drained_big))
-
-    small_conn = open_database(folder / "small.db", synchronous="FULL")
-    small = Outbox(small_conn, AgentState(small_conn))
-    small_s = 0.0
-    for _ in range(size["drain"] // 1_000):
-        small.record_many([("bench", f"k{i}", "put", PAYLOAD, i % 5) for i in range(1_000)])
-        small_s += _timed(lambda: _drain_outbox(small))
+    count, seconds = _timed_drain(outbox, size["drain"])
+    conn.close()
+    drains = {top: (count, _rate(count, seconds))}
+    for backlog in smaller:
+        drains[backlog] = _drain_from_backlogs(
+            folder / f"backlog-{backlog}.db", backlog, size["drain"]
+        )
     claims.sort()
     return {
-        "backlog_ops": size["backlog"],
-        "backlog_build_ops_s": _rate(size["backlog"], build_s),
+        "backlog_ops": top,
+        "backlog_build_ops_s": _rate(top, build_s),
         "claim_ms_median": 1000 * statistics.median(claims),
         "claim_ms_p99": 1000 * claims[int(len(claims) * 0.99) - 1],
         "claim_query_ms_median": query,
-        "drain_1m_ops_s": _rate(drained_big, big_s),
-        "drain_1k_ops_s": _rate(size["drain"], small_s),
+        # JSON keys are strings: backlog size -> ops/s, and -> ops drained for that figure.
+        "drain_by_backlog": {str(n): drains[n][1] for n in sorted(drains)},
+        "drained_by_backlog": {str(n): drains[n][0] for n in sorted(drains)},
+        "drain_1m_ops_s": drains[top][1],
+        "drain_1k_ops_s": drains[1_000][1],
     }
 
 
-def _claim_query_ms(conn: sqlite3.Connection) -> float:
-    """The claim's candidate query alone (no write, no commit), median of 200."""
-    from device_agent.outbox_sql import CANDIDATES
-
+def _claim_query_ms(conn: sqlite3.Connection) -> Optional[float]:
+    """The claim's candidate query alone (no write, no commit), median of 200; None when the
+    outbox no longer has that query as it is (it is internal: outbox_sql.CANDIDATES)."""
+    try:
+        from device_agent.outbox_sql import CANDIDATES
+    except ImportError:
+        return None
     times = []
-    for _ in range(200):
-        began = time.perf_counter()
-        conn.execute(CANDIDATES, {"now": time.time(), "limit": DRAIN_BATCH}).fetchall()
-        times.append(time.perf_counter() - began)
+    try:
+        for _ in range(200):
+            began = time.perf_counter()
+            conn.execute(CANDIDATES, {"now": time.time(), "limit": DRAIN_BATCH}).fetchall()
+            times.append(time.perf_counter() - began)
+    except sqlite3.Error:
+        return None
     return 1000 * statistics.median(times)
 
 
-CHILDREN: dict[str, Callable[[Path, dict[str, int]], dict[str, float]]] = {
+CHILDREN: dict[str, Callable[[Path, dict[str, int]], dict[str, Any]]] = {
     "raw sqlite3": _raw,
     "fieldsync outbox": _fieldsync,
     "persist-queue": _persist_queue,

@@ -11,12 +11,13 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 _DPI = 110
 _SIZE = (7.5, 4.5)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
@@ -34,8 +35,10 @@ def line_chart(
     logx: bool = False,
     logy: bool = False,
     xs_by_series: Optional[Mapping[str, Sequence[float]]] = None,
+    ymin: Optional[float] = None,
 ) -> None:
-    """One line per series against shared (or per-series) x values."""
+    """One line per series against shared (or per-series) x values; `ymin` fixes the bottom
+    of the y axis (0 for rates, so a small difference does not look like a cliff)."""
     fig, ax = plt.subplots(figsize=_SIZE)
     for name, ys in series.items():
         x = xs_by_series[name] if xs_by_series else xs
@@ -44,6 +47,8 @@ def line_chart(
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    if ymin is not None:
+        ax.set_ylim(bottom=ymin)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -222,6 +227,7 @@ def outbox_figures(results: Mapping[str, object], img: Path) -> str:
         xlabel="ops pending in the outbox (log scale)",
         ylabel="drain ops/s",
         logx=True,
+        ymin=0.0,
     )
     return (
         "\n![outbox vs peers](img/outbox_contenders.png)\n"
