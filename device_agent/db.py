@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from device_agent.errors import DatabaseError, ForeignDatabase, NotInitialised, SchemaTooNew
 
@@ -24,6 +24,19 @@ DEFAULT_BUSY_TIMEOUT_S = 10.0
 # UPSERT (3.24) and the JSON functions (json_each) are used throughout.
 MIN_SQLITE = (3, 24, 0)
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class DeviceConnection(sqlite3.Connection):
+    """A connection that carries what the agent caches about its database.
+
+    `clock` is AgentState's copy of the persisted clock, with the `PRAGMA data_version` it
+    was valid for: it is kept on the connection (not on one AgentState) so that every user
+    of the connection sees the same copy, and `data_version` tells when another connection
+    has committed since.
+    """
+
+    clock: Any = None
+
 
 # Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
 # edit a released entry: append a new one.
@@ -112,6 +125,69 @@ MIGRATIONS: list[list[str]] = [
              PRIMARY KEY (collection, key)
            )""",
     ],
+    [
+        # Version 2: the claim order is the table's own order, and fewer pages change per op.
+        # `seq` is now (priority << 48) + a counter per priority kept in outbox_totals, so
+        # walking the table by rowid visits the ops in claim order (most urgent first, FIFO
+        # within a priority) with no index to keep, and a claimed batch is a run of
+        # neighbouring rows. A counter never goes back, so a seq is never reused.
+        """CREATE TABLE outbox_v2 (
+             seq         INTEGER PRIMARY KEY,
+             op_id       TEXT NOT NULL UNIQUE,
+             collection  TEXT NOT NULL,
+             key         TEXT NOT NULL,
+             kind        TEXT NOT NULL,
+             hlc         TEXT NOT NULL,
+             data        TEXT,
+             priority    INTEGER NOT NULL,
+             size        INTEGER NOT NULL,
+             enqueued_at REAL NOT NULL
+           )""",
+        """INSERT INTO outbox_v2 (seq, op_id, collection, key, kind, hlc, data, priority, size,
+                                  enqueued_at)
+           SELECT (priority << 48) + seq, op_id, collection, key, kind, hlc, data, priority,
+                  size, enqueued_at FROM outbox""",
+        """CREATE TABLE delivery_v2 AS
+           SELECT (o.priority << 48) + d.seq AS seq, d.leased_at, d.lease_until, d.lease_owner,
+                  d.attempts, d.next_attempt_at, d.last_error
+             FROM delivery AS d JOIN outbox AS o ON o.seq = d.seq""",
+        # Dropping the outbox drops its triggers and indexes (the old claim and key indexes).
+        "DROP TABLE delivery",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_v2 RENAME TO outbox",
+        """CREATE TABLE delivery (
+             seq             INTEGER PRIMARY KEY REFERENCES outbox (seq) ON DELETE CASCADE,
+             leased_at       REAL,
+             lease_until     REAL,
+             lease_owner     TEXT,
+             attempts        INTEGER NOT NULL DEFAULT 0,
+             next_attempt_at REAL NOT NULL DEFAULT 0,
+             last_error      TEXT
+           )""",
+        "INSERT INTO delivery SELECT * FROM delivery_v2",
+        "DROP TABLE delivery_v2",
+        # Totals are now kept by the outbox code once per statement, not by per-row triggers;
+        # next_seq is the seq the next op of that priority gets.
+        "ALTER TABLE outbox_totals ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
+        """UPDATE outbox_totals SET next_seq = 1 + COALESCE(
+             (SELECT MAX(seq) FROM outbox
+               WHERE seq >= (outbox_totals.priority << 48)
+                 AND seq < ((outbox_totals.priority + 1) << 48)),
+             outbox_totals.priority << 48)""",
+        # Ops by key (coalescing, the local view) are found through a table of their own
+        # rather than an index on the outbox, so that an ack on a large backlog need not
+        # delete from it: the acked ops' keys are scattered over the whole index, and deleting
+        # them touched a page per op. A row whose op is gone is stale: readers join it to the
+        # outbox and skip it; stale rows are deleted when their key is written again, with the
+        # acks of a small backlog, or all at once when the outbox empties (Outbox.ack).
+        """CREATE TABLE outbox_keys (
+             collection TEXT NOT NULL,
+             key        TEXT NOT NULL,
+             seq        INTEGER NOT NULL,
+             PRIMARY KEY (collection, key, seq)
+           ) WITHOUT ROWID""",
+        "INSERT INTO outbox_keys (collection, key, seq) SELECT collection, key, seq FROM outbox",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables every version of the schema has: a file with user_version > 0 but without them
@@ -153,7 +229,9 @@ def open_database(
             path=location,
         )
     try:
-        conn = sqlite3.connect(location, timeout=busy_timeout_s, isolation_level=None)
+        conn = sqlite3.connect(
+            location, timeout=busy_timeout_s, isolation_level=None, factory=DeviceConnection
+        )
     except sqlite3.Error as exc:
         raise _translate(exc, location) from exc
     try:

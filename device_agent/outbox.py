@@ -31,20 +31,31 @@ from device_agent.outbox_model import (
     pending_from_rows,
 )
 from device_agent.outbox_sql import (
-    ACK,
+    ADD_KEY,
     BY_ID,
     BY_KEY,
     CANDIDATES,
     CHUNK,
+    FORGET_ALL_KEYS,
+    FORGET_KEY,
+    FORGET_STALE_KEYS,
+    GROW,
     LEASE,
+    OLDEST,
     RELEASE,
     RELEASE_UNATTEMPTED,
+    REMOVE,
+    TO_REMOVE,
     TO_RESTAMP,
+    TOTALS,
 )
-from device_agent.outbox_write import encode, new_op_ids, store_ops, stored_size
+from device_agent.outbox_write import Growth, encode, new_op_ids, store_ops, stored_size
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
 from shared.contracts.validation import encode_valid_op
+
+# Above this many ops an ack leaves its ops' outbox_keys rows stale (see Outbox._remove).
+LAZY_KEYS_ABOVE = 10_000
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -132,25 +143,44 @@ class Outbox:
                 Op(d.op_id, d.collection, d.key, d.kind, hlc, d.data, d.priority)
                 for d, hlc in zip(drafts, stamps)
             ]
-            stored, growth = store_ops(self._conn, ops, now, [(d.text, d.size) for d in drafts])
-            self._check_bounds(growth)
+            totals = self._totals()
+            stored, growth = store_ops(
+                self._conn, ops, now, totals.next_seqs, [(d.text, d.size) for d in drafts]
+            )
+            self._check_bounds(totals, growth)
+            self._apply(growth)
         return stored
 
-    def _totals(self) -> tuple[int, int]:
-        row = self._conn.execute("SELECT SUM(ops), SUM(bytes) FROM outbox_totals").fetchone()
-        return int(row[0] or 0), int(row[1] or 0)
+    def _totals(self) -> _Totals:
+        ops = size = 0
+        next_seqs = {}
+        for priority, count, bytes_, next_seq in self._conn.execute(TOTALS):
+            ops += count
+            size += bytes_
+            next_seqs[priority] = next_seq
+        return _Totals(ops, size, next_seqs)
 
-    def _check_bounds(self, growth: tuple[int, int]) -> None:
+    def _check_bounds(self, totals: _Totals, growth: Growth) -> None:
         """Refuse growth past a bound; a write that does not grow the outbox always passes."""
-        ops, size = self._totals()
-        if (ops > self.max_ops and growth[0] > 0) or (size > self.max_bytes and growth[1] > 0):
+        added, grown = growth.ops(), growth.size()
+        if (added > 0 and totals.ops + added > self.max_ops) or (
+            grown > 0 and totals.size + grown > self.max_bytes
+        ):
             raise OutboxFull(
-                f"outbox full: {ops - growth[0]} ops / {size - growth[1]} bytes stored, limits "
-                f"are {self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
+                f"outbox full: {totals.ops} ops / {totals.size} bytes stored, limits are "
+                f"{self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
                 "sync to drain the outbox (sync-agent sync), or raise the limits",
                 max_ops=self.max_ops,
                 max_bytes=self.max_bytes,
             )
+
+    def _apply(self, growth: Growth) -> None:
+        """Add per-priority changes to outbox_totals."""
+        rows = [(ops, size, seqs, priority) for priority, (ops, size, seqs) in growth.items()]
+        if len(rows) == 1:
+            self._conn.execute(GROW, rows[0])
+        else:
+            self._conn.executemany(GROW, rows)
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -197,7 +227,39 @@ class Outbox:
         Like claims and releases, acks are committed without an fsync of their own: a power
         cut may bring the last acked ops back, to be sent once more and answered `duplicate`.
         """
-        return self._each_chunk(op_ids, ACK, {})
+        ids = list(dict.fromkeys(op_ids))
+        removed = 0
+        with transaction(self._conn, durable=False):
+            for start in range(0, len(ids), CHUNK):
+                removed += self._remove(ids[start : start + CHUNK])
+        return removed
+
+    def _remove(self, op_ids: list[str]) -> int:
+        """Delete the named ops (their delivery rows go with them) and update the totals.
+
+        Their outbox_keys rows are deleted too while the backlog is small. On a large one
+        they are left stale: its acked ops' keys are spread over the whole table, so
+        deleting them would touch a page per op, and a stale row costs nothing but space
+        (readers skip it). They all go when the outbox empties, and any left over when a
+        backlog shrinks below LAZY_KEYS_ABOVE.
+        """
+        rows = self._conn.execute(TO_REMOVE, {"ids": json.dumps(op_ids)}).fetchall()
+        if not rows:
+            return 0
+        before = self._totals().ops
+        self._conn.execute(REMOVE, {"seqs": json.dumps([row[0] for row in rows])})
+        growth = Growth()
+        for _, _, _, priority, size in rows:
+            growth.add(priority, -1, -size)
+        self._apply(growth)
+        after = before - len(rows)
+        if after == 0:
+            self._conn.execute(FORGET_ALL_KEYS)
+        elif before <= LAZY_KEYS_ABOVE:
+            self._conn.executemany(FORGET_KEY, [(row[1], row[2], row[0]) for row in rows])
+        elif after <= LAZY_KEYS_ABOVE:
+            self._conn.execute(FORGET_STALE_KEYS)
+        return len(rows)
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:
         """Return leased ops after a failed attempt: counted, with the error and retry time."""
@@ -287,7 +349,7 @@ class Outbox:
             )
             if cursor.rowcount != 1:
                 raise NotFound(f"op {op_id} is not in the outbox (already acked or quarantined?)")
-            self._conn.execute("DELETE FROM outbox WHERE op_id = :op_id", {"op_id": op_id})
+            self._remove([op_id])
 
     def quarantined(self) -> list[QuarantinedOp]:
         """Every quarantined op, oldest quarantine first."""
@@ -314,23 +376,29 @@ class Outbox:
         coalescing, since newer writes on its key may already have been sent.
         """
         with transaction(self._conn):
-            cursor = self._conn.execute(
-                "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, "
-                "enqueued_at) SELECT op_id, collection, key, kind, hlc, data, priority, size, "
-                ":now FROM quarantine WHERE op_id = :op_id",
-                {"op_id": op_id, "now": self._now()},
-            )
-            if cursor.rowcount != 1:
+            row = self._conn.execute(
+                "SELECT collection, key, priority, size FROM quarantine WHERE op_id = :op_id",
+                {"op_id": op_id},
+            ).fetchone()
+            if row is None:
                 raise NotFound(f"op {op_id} is not quarantined; see `sync-agent quarantine list`")
-            # Marked as handed out: newer writes on its key may have been sent already.
+            collection, key, priority, size = row
+            totals = self._totals()
+            growth = Growth()
+            growth.add(priority, 1, size, 1)
+            self._check_bounds(totals, growth)
+            seq = totals.next_seqs[priority]
             self._conn.execute(
-                "INSERT INTO delivery (seq) VALUES (:seq)", {"seq": cursor.lastrowid}
+                "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, "
+                "size, enqueued_at) SELECT :seq, op_id, collection, key, kind, hlc, data, "
+                "priority, size, :now FROM quarantine WHERE op_id = :op_id",
+                {"seq": seq, "op_id": op_id, "now": self._now()},
             )
-            size = self._conn.execute(
-                "SELECT size FROM quarantine WHERE op_id = :op_id", {"op_id": op_id}
-            ).fetchone()[0]
+            self._conn.execute(ADD_KEY, (collection, key, seq))
+            # Marked as handed out: newer writes on its key may have been sent already.
+            self._conn.execute("INSERT INTO delivery (seq) VALUES (:seq)", {"seq": seq})
             self._conn.execute("DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id})
-            self._check_bounds((1, size))
+            self._apply(growth)
         return self.get(op_id).op
 
     def drop_quarantined(self, op_id: str) -> None:
@@ -361,7 +429,7 @@ class Outbox:
 
     def depth(self) -> int:
         """How many ops are in the outbox (pending and in flight)."""
-        return self._totals()[0]
+        return self._totals().ops
 
     def stats(self) -> OutboxStats:
         """Depth per priority name, bytes, oldest pending age, in flight and quarantined."""
@@ -373,9 +441,7 @@ class Outbox:
         ):
             depth[Priority(priority).name.lower()] = ops
             total_bytes += size
-        oldest = self._conn.execute(
-            "SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1"
-        ).fetchone()
+        oldest = self._conn.execute(OLDEST).fetchone()[0]
         in_flight = self._conn.execute(
             "SELECT COUNT(*) FROM delivery WHERE lease_until IS NOT NULL"
         ).fetchone()[0]
@@ -384,7 +450,7 @@ class Outbox:
             depth=depth,
             total_ops=sum(depth.values()),
             total_bytes=total_bytes,
-            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest[0]),
+            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
             in_flight=in_flight,
             quarantined=quarantined,
             max_ops=self.max_ops,
@@ -393,6 +459,14 @@ class Outbox:
 
 
 _KINDS = {kind.value: kind for kind in OpKind}
+
+
+class _Totals(NamedTuple):
+    """outbox_totals summed, with the next free seq of each priority."""
+
+    ops: int
+    size: int
+    next_seqs: dict[int, int]
 
 
 class _Draft(NamedTuple):

@@ -2,13 +2,16 @@
 
 # SQLite builds before 3.32 allow at most 999 parameters in one statement.
 CHUNK = 500
-# Statements are constants: values only ever travel as named parameters, and lists of values
-# as one JSON array parameter read with json_each.
+# Statements are constants: values only ever travel as parameters, and lists of values as
+# one JSON array parameter read with json_each.
+# Every op on a key, through outbox_keys (whose stale rows find no op and drop out).
 BY_KEY = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
     "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
-    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE o.collection = :collection AND o.key = :key ORDER BY o.hlc"
+    "FROM outbox_keys AS k "
+    "JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key "
+    "LEFT JOIN delivery AS d ON d.seq = o.seq "
+    "WHERE k.collection = :collection AND k.key = :key ORDER BY o.hlc"
 )
 BY_ID = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
@@ -22,15 +25,20 @@ TO_RESTAMP = (
     "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
     "WHERE o.hlc > :clock OR o.hlc >= :earliest ORDER BY o.hlc"
 )
-# Walks outbox_claim in (priority, seq) order, looks each op up in the (small) delivery
-# table, and stops after `limit` ready ones; only those are read from the table.
+# Walks the outbox in seq order, which is claim order (see db.MIGRATIONS, version 2), looks
+# each op up in the (small) delivery table, and stops after `limit` ready ones.
 CANDIDATES = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
     "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error, o.size "
-    "FROM outbox AS o INDEXED BY outbox_claim LEFT JOIN delivery AS d ON d.seq = o.seq "
+    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
     "WHERE d.seq IS NULL OR (d.next_attempt_at <= :now "
     "AND (d.lease_until IS NULL OR d.lease_until <= :now)) "
-    "ORDER BY o.priority, o.seq LIMIT :limit"
+    "ORDER BY o.seq LIMIT :limit"
+)
+# The oldest op of each priority is its first row.
+OLDEST = (
+    "SELECT MIN(enqueued_at) FROM outbox_totals AS t, outbox AS o "
+    "WHERE o.seq = (SELECT seq FROM outbox WHERE seq >= t.priority << 48 ORDER BY seq LIMIT 1)"
 )
 LEASE = (
     "INSERT INTO delivery (seq, leased_at, lease_until, lease_owner) "
@@ -38,7 +46,24 @@ LEASE = (
     "ON CONFLICT (seq) DO UPDATE SET leased_at = excluded.leased_at, "
     "lease_until = excluded.lease_until, lease_owner = excluded.lease_owner"
 )
-ACK = "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
+# What removing ops takes away: their keys' rows and their share of the totals.
+TO_REMOVE = (
+    "SELECT seq, collection, key, priority, size FROM outbox "
+    "WHERE op_id IN (SELECT value FROM json_each(:ids))"
+)
+REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
+FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = ? AND key = ? AND seq = ?"
+FORGET_ALL_KEYS = "DELETE FROM outbox_keys"
+FORGET_STALE_KEYS = (
+    "DELETE FROM outbox_keys "
+    "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"
+)
+ADD_KEY = "INSERT INTO outbox_keys (collection, key, seq) VALUES (?, ?, ?)"
+TOTALS = "SELECT priority, ops, bytes, next_seq FROM outbox_totals"
+GROW = (
+    "UPDATE outbox_totals SET ops = ops + ?, bytes = bytes + ?, next_seq = next_seq + ? "
+    "WHERE priority = ?"
+)
 RELEASE = (
     "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
     "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "

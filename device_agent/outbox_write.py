@@ -18,30 +18,36 @@ from collections.abc import Sequence
 from typing import Optional
 
 from device_agent.outbox_model import op_from_row
+from device_agent.outbox_sql import ADD_KEY, FORGET_KEY
 from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
 from shared.contracts.validation import Problem
 
 # The keys, quotes and punctuation of an op's wire form, plus its HLC: sizes are approximate.
 WIRE_OVERHEAD = 160
 
-_NEWEST_PER_KEY = """
-    SELECT o.collection, o.key, o.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
+# Every op on the given keys, through outbox_keys. A stale row (its op is gone, or its seq now
+# belongs to another key's op) comes back with a NULL op_id.
+_ON_KEYS = """
+    SELECT k.collection, k.key, k.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
            EXISTS (SELECT 1 FROM delivery AS d WHERE d.seq = o.seq), o.size
-      FROM json_each(:keys) AS k
-      JOIN outbox AS o ON o.seq = (
-           SELECT i.seq FROM outbox AS i
-            WHERE i.collection = json_extract(k.value, '$[0]')
-              AND i.key = json_extract(k.value, '$[1]')
-            ORDER BY i.hlc DESC LIMIT 1)
+      FROM {source}
+      JOIN outbox_keys AS k ON {match}
+      LEFT JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key
 """
-_NEWEST_OF_KEY = """
-    SELECT o.collection, o.key, o.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
+_ON_MANY_KEYS = _ON_KEYS.format(
+    source="json_each(:keys) AS j",
+    match="k.collection = json_extract(j.value, '$[0]') AND k.key = json_extract(j.value, '$[1]')",
+)
+_ON_ONE_KEY = """
+    SELECT k.collection, k.key, k.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
            EXISTS (SELECT 1 FROM delivery AS d WHERE d.seq = o.seq), o.size
-      FROM outbox AS o WHERE o.collection = ? AND o.key = ? ORDER BY o.hlc DESC LIMIT 1
+      FROM outbox_keys AS k
+      LEFT JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key
+     WHERE k.collection = ? AND k.key = ?
 """
 _INSERT = (
-    "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, enqueued_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = (
     "UPDATE outbox SET op_id = :op_id, kind = :kind, hlc = :hlc, data = :data, "
@@ -124,16 +130,24 @@ def new_op_ids(count: int) -> list[str]:
 class _Slot:
     """The newest op on one key while a batch is being stored."""
 
-    __slots__ = ("coalescable", "index", "op", "seq", "size")
+    __slots__ = ("coalescable", "index", "op", "priority", "seq", "size")
 
     def __init__(
-        self, op: Op, *, seq: Optional[int], index: Optional[int], coalescable: bool, size: int = 0
+        self,
+        op: Op,
+        *,
+        coalescable: bool,
+        seq: Optional[int] = None,
+        size: int = 0,
+        index: Optional[int] = None,
     ):
         self.op = op
-        self.seq = seq
-        self.index = index
         self.coalescable = coalescable
-        self.size = size  # the stored size of an existing row (its share of the totals)
+        # An existing row: its seq and its share of the totals, taken back if it is rewritten.
+        self.seq = seq
+        self.priority = int(op.priority)
+        self.size = size
+        self.index = index  # a new op: its place among this batch's inserts
 
 
 def stored_size(op_id: str, collection: str, key: str, data_bytes: int) -> int:
@@ -141,22 +155,43 @@ def stored_size(op_id: str, collection: str, key: str, data_bytes: int) -> int:
     return WIRE_OVERHEAD + len(op_id) + len(collection) + 2 * len(key) + data_bytes
 
 
+class Growth(dict[int, list[int]]):
+    """How the outbox changes per priority: {priority: [ops, bytes, seqs used]}."""
+
+    def add(self, priority: int, ops: int, size: int, seqs: int = 0) -> None:
+        entry = self.get(priority)
+        if entry is None:
+            self[priority] = [ops, size, seqs]
+        else:
+            entry[0] += ops
+            entry[1] += size
+            entry[2] += seqs
+
+    def ops(self) -> int:
+        return sum(entry[0] for entry in self.values())
+
+    def size(self) -> int:
+        return sum(entry[1] for entry in self.values())
+
+
 def store_ops(
     conn: sqlite3.Connection,
     ops: Sequence[Op],
     now: float,
+    next_seqs: dict[int, int],
     encoded: Optional[Sequence[tuple[Optional[str], int]]] = None,
-) -> tuple[list[Op], tuple[int, int]]:
+) -> tuple[list[Op], Growth]:
     """Store stamped ops in the open transaction.
 
-    Returns each op as it stands afterwards, and how much the outbox grew (ops, bytes). Ops
-    are taken in order, each coalesced into the newest op on its key when allowed, so a batch
-    gives exactly what recording its ops one by one would. `encoded` is each op's
-    `encode(op)` when the caller already has it (the data is then encoded once).
+    Returns each op as it stands afterwards, and how the outbox grew per priority. Ops are
+    taken in order, each coalesced into the newest op on its key when allowed, so a batch
+    gives exactly what recording its ops one by one would. `next_seqs` is the next free seq
+    of each priority (from outbox_totals). `encoded` is each op's `encode(op)` when the
+    caller already has it (the data is then encoded once).
     """
     slots = _newest_ops(conn, {(op.collection, op.key) for op in ops})
     inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]] = []
-    updates: dict[int, tuple[Op, int]] = {}
+    updated: dict[int, _Slot] = {}
     stored: list[Op] = []
     for position, op in enumerate(ops):
         slot = slots.get((op.collection, op.key))
@@ -164,78 +199,104 @@ def store_ops(
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
             merged = coalesce(slot.op, op)
         if slot is not None and merged is not None:
-            slot.op = merged
             if slot.index is not None:
                 inserts[slot.index] = (merged, None)
             elif slot.seq is not None:
-                updates[slot.seq] = (merged, slot.size)
+                updated[slot.seq] = slot
+            slot.op = merged
             stored.append(merged)
             continue
+        slots[(op.collection, op.key)] = _Slot(op, coalescable=True, index=len(inserts))
         inserts.append((op, None if encoded is None else encoded[position]))
-        slots[(op.collection, op.key)] = _Slot(
-            op, seq=None, index=len(inserts) - 1, coalescable=True
-        )
         stored.append(op)
-    grown = 0
-    if updates:
-        rows = [_params(op, seq=seq) for seq, (op, _) in updates.items()]
-        grown += sum(size for _, size in rows) - sum(old for _, old in updates.values())
-        conn.executemany(_UPDATE, [row for row, _ in rows])
+    growth = Growth()
+    _rewrite(conn, updated, inserts, growth)
     if inserts:
-        values = []
+        rows = []
         for op, known in inserts:
             data, size = encode(op) if known is None else known
-            grown += size
-            values.append(
+            priority = int(op.priority)
+            seq = next_seqs[priority]
+            next_seqs[priority] = seq + 1
+            growth.add(priority, 1, size, 1)
+            rows.append(
                 (
+                    seq,
                     op.op_id,
                     op.collection,
                     op.key,
                     op.kind.value,
                     op.hlc,
                     data,
-                    int(op.priority),
+                    priority,
                     size,
                     now,
                 )
             )
-        conn.executemany(_INSERT, values)
-    return stored, (len(inserts), grown)
+        conn.executemany(_INSERT, rows)
+        conn.executemany(ADD_KEY, [(row[2], row[3], row[0]) for row in rows])
+    return stored, growth
+
+
+def _rewrite(
+    conn: sqlite3.Connection,
+    updated: dict[int, _Slot],
+    inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]],
+    growth: Growth,
+) -> None:
+    """Write ops coalesced into existing rows: in place, or moved (as a new insert) when
+    the merged op's priority puts it in another part of the claim order."""
+    in_place = []
+    moved = []
+    for seq, slot in updated.items():
+        growth.add(slot.priority, -1, -slot.size)
+        if int(slot.op.priority) == slot.priority:
+            params, size = _params(slot.op, seq)
+            growth.add(slot.priority, 1, size)
+            in_place.append(params)
+        else:
+            moved.append((slot.op.collection, slot.op.key, seq))
+            inserts.append((slot.op, None))
+    if in_place:
+        conn.executemany(_UPDATE, in_place)
+    if moved:
+        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for _, _, seq in moved])
+        conn.executemany(FORGET_KEY, moved)
 
 
 def _newest_ops(
     conn: sqlite3.Connection, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], _Slot]:
+    """The newest live op on each key; deletes the keys' stale outbox_keys rows."""
     if len(keys) == 1:
-        # A single write (`record`): a plain index lookup, no JSON array to build and walk.
-        rows = conn.execute(_NEWEST_OF_KEY, next(iter(keys))).fetchall()
+        # A single write (`record`): a plain primary-key lookup, no JSON array to walk.
+        rows = conn.execute(_ON_ONE_KEY, next(iter(keys))).fetchall()
     else:
-        rows = conn.execute(_NEWEST_PER_KEY, {"keys": json.dumps(sorted(keys))}).fetchall()
-    slots = {}
+        rows = conn.execute(_ON_MANY_KEYS, {"keys": json.dumps(sorted(keys))}).fetchall()
+    slots: dict[tuple[str, str], _Slot] = {}
+    stale = []
     for collection, key, seq, op_id, kind, hlc, data, priority, handed_out, size in rows:
-        op = op_from_row((op_id, collection, key, kind, hlc, data, priority))
-        slots[(collection, key)] = _Slot(
-            op, seq=seq, index=None, coalescable=not handed_out, size=size
-        )
+        if op_id is None:
+            stale.append((collection, key, seq))
+            continue
+        slot = slots.get((collection, key))
+        if slot is None or slot.op.hlc < hlc:
+            op = op_from_row((op_id, collection, key, kind, hlc, data, priority))
+            slots[(collection, key)] = _Slot(op, coalescable=not handed_out, seq=seq, size=size)
+    if stale:
+        conn.executemany(FORGET_KEY, stale)
     return slots
 
 
-def _params(
-    op: Op, *, seq: Optional[int] = None, now: Optional[float] = None
-) -> tuple[dict[str, object], int]:
+def _params(op: Op, seq: int) -> tuple[dict[str, object], int]:
     data, size = encode(op)
     params: dict[str, object] = {
+        "seq": seq,
         "op_id": op.op_id,
-        "collection": op.collection,
-        "key": op.key,
         "kind": op.kind.value,
         "hlc": op.hlc,
         "data": data,
         "priority": int(op.priority),
         "size": size,
     }
-    if seq is not None:
-        params["seq"] = seq
-    if now is not None:
-        params["now"] = now
     return params, size

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any, Callable, Optional
 
-from device_agent.db import transaction
+from device_agent.db import DeviceConnection, transaction
 from shared.contracts import HybridLogicalClock, parse_hlc
 from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall_clock_ms
 
@@ -112,8 +112,8 @@ class AgentState:
                 if clock and clock.get("last"):
                     # The clock row carries the node id that stamps use: keep it in step.
                     when = parse_hlc(clock["last"])
-                    clock["last"] = format_hlc(when.physical_ms, when.logical, device_id)
-                    self._put("clock", clock)
+                    last = format_hlc(when.physical_ms, when.logical, device_id)
+                    self._save_clock(last, int(clock.get("correction_ms", 0)))
         self._node_hint = None
         return self.settings()
 
@@ -150,7 +150,7 @@ class AgentState:
     def stamp_many(self, count: int) -> list[str]:
         """`count` increasing HLCs in one read-modify-write of the persisted clock."""
         with transaction(self._conn):
-            clock, correction = self._load_clock()
+            version, clock, correction = self._cached_clock()
             first = clock.send()
             stamps = [first]
             if count > 1:
@@ -164,8 +164,21 @@ class AgentState:
                     else:
                         tick += 1
                     stamps.append(f"{ms:013d}-{tick:05d}-{node}")
+                clock.receive(stamps[-1])
             self._save_clock(stamps[-1], correction)
+            if isinstance(self._conn, DeviceConnection):
+                self._conn.clock = (version, clock, correction)
         return stamps
+
+    def _cached_clock(self) -> tuple[int, HybridLogicalClock, int]:
+        """The persisted clock, read again only when another connection has committed since
+        this one last used it (a stamp per write would otherwise re-read and re-parse it)."""
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        cached = getattr(self._conn, "clock", None)
+        if cached is not None and cached[0] == version:
+            return cached  # type: ignore[no-any-return]
+        clock, correction = self._load_clock()
+        return version, clock, correction
 
     def last_hlc(self) -> str:
         """The greatest HLC issued or merged so far ("" on a fresh database)."""
@@ -215,6 +228,8 @@ class AgentState:
         return clock, correction
 
     def _save_clock(self, last: str, correction: int) -> None:
+        if isinstance(self._conn, DeviceConnection):
+            self._conn.clock = None  # stamp_many caches again what it saved
         self._put("clock", {"last": last, "correction_ms": correction})
 
     # --- pull cursor ---------------------------------------------------------------------
