@@ -374,7 +374,7 @@ def run(quick: bool) -> dict[str, Any]:
     device_total = 64 if quick else 480
     concurrency = _apply_concurrency()
     started = time.monotonic()
-    out: dict[str, Any] = {"n": n, "concurrency": concurrency, "reps": 2 if quick else 3}
+    out: dict[str, Any] = {"n": n, "concurrency": concurrency, "reps": 2 if quick else 5}
     with local_stack() as stack, tempfile.TemporaryDirectory(prefix="fieldsync-kit-") as tmp:
         ddb = _ddb(stack.resources)
         table_name = stack.resources["outputs"]["RecordsTableName"]
