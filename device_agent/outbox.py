@@ -26,6 +26,7 @@ from device_agent.outbox_model import (
     PendingOp,
     QuarantinedOp,
     WriteItem,
+    make_op,
     op_from_row,
     pending_from_row,
     pending_from_rows,
@@ -49,10 +50,17 @@ from device_agent.outbox_sql import (
     TO_RESTAMP,
     TOTALS,
 )
-from device_agent.outbox_write import Growth, encode, new_op_ids, store_ops, stored_size
+from device_agent.outbox_write import (
+    OP_ID_CHARS,
+    Growth,
+    encode,
+    new_op_ids,
+    store_ops,
+    stored_size,
+)
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
-from shared.contracts.validation import encode_valid_op
+from shared.contracts.validation import encode_valid_write
 
 # Above this many ops an ack leaves its ops' outbox_keys rows stale (see Outbox._remove).
 LAZY_KEYS_ABOVE = 10_000
@@ -129,19 +137,24 @@ class Outbox:
         writes = list(items)
         if not writes:
             return []
-        # Validate before taking the write lock, with a placeholder HLC of the real length;
-        # each op's data is encoded once, for the size limit and for storage.
-        placeholder = f"{0:013d}-00000-{self._state.node_hint}"
-        drafts = [
-            _prepare(item, op_id, placeholder)
-            for item, op_id in zip(writes, new_op_ids(len(writes)))
-        ]
+        # Validate before taking the write lock; each op's data is encoded once, for the size
+        # limit and for storage.
+        placeholder = f"{0:013d}-00000-{self._state.node_hint}"  # an HLC of the real length
+        drafts = [_prepare(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
             stamps = self._state.stamp_many(len(drafts))
             ops = [
-                Op(d.op_id, d.collection, d.key, d.kind, hlc, d.data, d.priority)
-                for d, hlc in zip(drafts, stamps)
+                make_op(
+                    op_id=op_id,
+                    collection=d.collection,
+                    key=d.key,
+                    kind=d.kind,
+                    hlc=hlc,
+                    data=d.data,
+                    priority=d.priority,
+                )
+                for d, op_id, hlc in zip(drafts, new_op_ids(len(drafts)), stamps)
             ]
             totals = self._totals()
             stored, growth = store_ops(
@@ -470,9 +483,8 @@ class _Totals(NamedTuple):
 
 
 class _Draft(NamedTuple):
-    """A validated write before its HLC: the op's fields and its encoded data."""
+    """A validated write before its op id and HLC: the op's fields and its encoded data."""
 
-    op_id: str
     collection: str
     key: str
     kind: OpKind
@@ -482,47 +494,49 @@ class _Draft(NamedTuple):
     size: int
 
 
-def _prepare(item: WriteItem, op_id: str, hlc: str) -> _Draft:
+# An op id for parse_op when it decides about a write (ids all have the same length).
+_SAMPLE_OP_ID = new_op_ids(1)[0]
+
+
+def _prepare(item: WriteItem, placeholder_hlc: str) -> _Draft:
     if len(item) not in (4, 5):
         raise ValueError(f"a write is (collection, key, kind, data[, priority]), got {item!r}")
     collection, key, kind, data = item[0], item[1], item[2], item[3]
     priority = Priority.parse(item[4]) if len(item) == 5 else Priority.NORMAL  # type: ignore[misc]
     kind_value = kind.value if isinstance(kind, OpKind) else kind
-    checked = encode_valid_op(
-        op_id,
-        hlc,
+    checked = encode_valid_write(
         collection=collection,
         key=key,
         kind=kind_value,
         data=data,
         priority=int(priority),
+        stamp_chars=OP_ID_CHARS + len(placeholder_hlc),
     )
     if checked is not None:
         text, data_bytes = checked
         return _Draft(
-            op_id,
             collection,
             key,
             _KINDS[kind_value],
             None if data is None else dict(data),
             priority,
             text,
-            stored_size(op_id, collection, key, data_bytes),
+            stored_size(OP_ID_CHARS, collection, key, data_bytes),
         )
     # Not certainly valid: parse_op decides, and names every problem if there is one.
     raw: JsonObject = {
-        "op_id": op_id,
+        "op_id": _SAMPLE_OP_ID,
         "collection": collection,
         "key": key,
         "kind": kind_value,
-        "hlc": hlc,
+        "hlc": placeholder_hlc,
         "priority": int(priority),
     }
     if data is not None or kind_value != OpKind.DELETE.value:
         raw["data"] = data
     op = parse_op(raw)
     text, size = encode(op)
-    return _Draft(op.op_id, op.collection, op.key, op.kind, op.data, op.priority, text, size)
+    return _Draft(op.collection, op.key, op.kind, op.data, op.priority, text, size)
 
 
 def _owner_alive(owner: Optional[str]) -> bool:

@@ -109,25 +109,47 @@ _FAST_PENDING = _plain(PendingOp)
 _new = object.__new__
 
 
+def make_op(
+    *,
+    op_id: str,
+    collection: str,
+    key: str,
+    kind: OpKind,
+    hlc: str,
+    data: Optional[JsonObject],
+    priority: Priority,
+) -> Op:
+    """Op(...) for values already valid, without the frozen dataclass's per-field cost."""
+    if not _FAST_OP:
+        return Op(op_id, collection, key, kind, hlc, data, priority)
+    op = _new(Op)
+    op.__dict__.update(
+        op_id=op_id,
+        collection=collection,
+        key=key,
+        kind=kind,
+        hlc=hlc,
+        data=data,
+        priority=priority,
+    )
+    return op  # type: ignore[no-any-return]
+
+
 def pending_from_rows(rows: Sequence[Sequence[Any]]) -> list[PendingOp]:
     """PendingOps from rows that start (seq, op_id, collection, key, kind, hlc, data,
     priority, attempts, enqueued_at, last_error), decoded together."""
     datas = _load_all([row[6] for row in rows])
     pending = []
     for row, data in zip(rows, datas):
-        if _FAST_OP:
-            op = _new(Op)
-            op.__dict__.update(
-                op_id=row[1],
-                collection=row[2],
-                key=row[3],
-                kind=_KINDS[row[4]],
-                hlc=row[5],
-                data=data,
-                priority=_PRIORITIES[row[7]],
-            )
-        else:
-            op = Op(row[1], row[2], row[3], _KINDS[row[4]], row[5], data, _PRIORITIES[row[7]])
+        op = make_op(
+            op_id=row[1],
+            collection=row[2],
+            key=row[3],
+            kind=_KINDS[row[4]],
+            hlc=row[5],
+            data=data,
+            priority=_PRIORITIES[row[7]],
+        )
         if _FAST_PENDING:
             item = _new(PendingOp)
             item.__dict__.update(

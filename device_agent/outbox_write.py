@@ -20,6 +20,7 @@ from typing import Optional
 from device_agent.outbox_model import op_from_row
 from device_agent.outbox_sql import ADD_KEY, FORGET_KEY
 from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
+from shared.contracts.model import compact_json
 from shared.contracts.validation import Problem
 
 # The keys, quotes and punctuation of an op's wire form, plus its HLC: sizes are approximate.
@@ -95,36 +96,46 @@ def _checked(op: Op) -> Optional[Op]:
 def encode(op: Op) -> tuple[Optional[str], int]:
     """The stored data JSON and the op's approximate wire size in bytes."""
     if op.data is None:
-        return None, stored_size(op.op_id, op.collection, op.key, 0)
+        return None, stored_size(len(op.op_id), op.collection, op.key, 0)
     try:
-        text = json.dumps(op.data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = compact_json(op.data)
     except ValueError as exc:  # NaN or an infinity: strict JSON parsers would refuse it
         raise ContractError(
             [Problem("op.data", f"is not JSON ({exc}); NaN and Infinity are not valid JSON")]
         ) from exc
-    return text, stored_size(op.op_id, op.collection, op.key, len(text.encode("utf-8")))
+    return text, stored_size(len(op.op_id), op.collection, op.key, len(text.encode("utf-8")))
+
+
+# new_op_ids: 8-4-4-4-12 hex digits.
+OP_ID_CHARS = 36
 
 
 def new_op_ids(count: int) -> list[str]:
-    """`count` new op ids: UUIDs of version 7 (time-ordered, 62 random bits), as strings.
+    """`count` new op ids: UUIDs of version 7 (time-ordered), as strings.
 
-    Time order keeps the op_id index local: acking the oldest ops touches a few adjacent
-    index pages instead of one random page per op (a third of the pages per ack, measured on
-    a 1,000,000-op backlog). Ids are unique, not secret; the HLC carries the time anyway.
+    48 bits of Unix milliseconds, then a 12-bit sequence (4096 ids per ms keep their order),
+    then 62 bits drawn at random once per call and counted up for each id of the call. Time
+    order keeps the op_id index local: acking the oldest ops touches a few adjacent index
+    pages instead of one random page per op. Ids are unique, not secret.
     """
     millis = time.time_ns() // 1_000_000
-    noise = os.urandom(8 * count).hex()
+    random = int.from_bytes(os.urandom(8), "big") >> 2
     ids = []
     prefix = ""
     for index in range(count):
         if not index & 0x0FFF:
-            stamp = f"{millis + (index >> 12):012x}"  # 48-bit ms; 4096 ids per ms keep order
+            stamp = f"{millis + (index >> 12):012x}"
             prefix = f"{stamp[:8]}-{stamp[8:]}-7"  # then version 7
-        tail = noise[16 * index : 16 * index + 16]
-        # A 12-bit sequence, the variant (binary 10) with two random bits, 60 more random bits.
-        variant = "89ab"[int(tail[0], 16) & 3]
-        ids.append(f"{prefix}{index & 0x0FFF:03x}-{variant}{tail[1:4]}-{tail[4:]}")
+        tail = (random + index) & _TAIL_MASK
+        # The variant (binary 10) over the top two of the 64 tail bits.
+        ids.append(
+            f"{prefix}{index & 0x0FFF:03x}-{(tail >> 48) | 0x8000:04x}-{tail & _LOW_48:012x}"
+        )
     return ids
+
+
+_TAIL_MASK = (1 << 62) - 1
+_LOW_48 = (1 << 48) - 1
 
 
 class _Slot:
@@ -150,9 +161,9 @@ class _Slot:
         self.index = index  # a new op: its place among this batch's inserts
 
 
-def stored_size(op_id: str, collection: str, key: str, data_bytes: int) -> int:
+def stored_size(op_id_chars: int, collection: str, key: str, data_bytes: int) -> int:
     """The approximate wire size kept per row (the bounds and totals count in it)."""
-    return WIRE_OVERHEAD + len(op_id) + len(collection) + 2 * len(key) + data_bytes
+    return WIRE_OVERHEAD + op_id_chars + len(collection) + 2 * len(key) + data_bytes
 
 
 class Growth(dict[int, list[int]]):

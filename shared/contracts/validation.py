@@ -7,7 +7,6 @@ A problem inside one op of a batch does not fail the batch: `parse_batch` return
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -24,6 +23,7 @@ from shared.contracts.model import (
     OpResult,
     Record,
     RecordClock,
+    compact_json,
     encoded_size,
 )
 
@@ -211,7 +211,12 @@ def parse_op(raw: Any, path: str = "op") -> Op:
 # The compact JSON of an op without its values: {"op_id":"","collection":"","key":"",...}.
 _OP_FRAME = len('{"op_id":"","collection":"","key":"","kind":"","hlc":"","priority":}')
 _DATA_FRAME = len(',"data":')
-_QUOTE_OR_BACKSLASH = re.compile(r'["\\]')
+# A key that check_key accepts and that JSON writes as it is: printable ASCII without '"' and
+# '\\' (anything else is left to parse_op to decide).
+_PLAIN_KEY_RE = re.compile(rf"[\x20\x21\x23-\x5b\x5d-\x7e]{{1,{limits.MAX_KEY_CHARS}}}")
+# Collections are few and written again and again: remember the ones already checked.
+_KNOWN_COLLECTIONS: set[str] = set()
+_KNOWN_COLLECTIONS_MAX = 4096
 
 
 def encode_valid_op(
@@ -232,27 +237,49 @@ def encode_valid_op(
     get as `{op_id, collection, key, kind, hlc, priority[, data]}` (`data` absent for a delete
     without data).
     """
+    if not _ID_RE.match(op_id) or not is_hlc(hlc):
+        return None
+    return encode_valid_write(
+        collection=collection,
+        key=key,
+        kind=kind,
+        data=data,
+        priority=priority,
+        stamp_chars=len(op_id) + len(hlc),
+    )
+
+
+def encode_valid_write(
+    *,
+    collection: Any,
+    key: Any,
+    kind: Any,
+    data: Any,
+    priority: int,
+    stamp_chars: int,
+) -> Optional[tuple[Optional[str], int]]:
+    """`encode_valid_op` for an op whose id and HLC are valid by construction (a device
+    stamps them itself) and together `stamp_chars` characters long."""
     if (
         type(collection) is not str
         or type(key) is not str
         or type(priority) is not int
         or priority not in _PRIORITIES
-        or not _ID_RE.match(op_id)
-        or not is_hlc(hlc)
-        or not _COLLECTION_RE.match(collection)
-        or not 0 < len(key) <= limits.MAX_KEY_CHARS
-        or _CONTROL_RE.search(key)
-        or _QUOTE_OR_BACKSLASH.search(key)
-        or not key.isascii()
+        or not _PLAIN_KEY_RE.fullmatch(key)
     ):
         return None
-    size = _OP_FRAME + len(op_id) + len(collection) + len(key) + len(hlc) + len(str(priority))
+    if collection not in _KNOWN_COLLECTIONS:
+        if not _COLLECTION_RE.match(collection):
+            return None
+        if len(_KNOWN_COLLECTIONS) < _KNOWN_COLLECTIONS_MAX:
+            _KNOWN_COLLECTIONS.add(collection)
+    size = _OP_FRAME + stamp_chars + len(collection) + len(key) + 1  # + 1: priority's digit
     if kind == "delete":
         if data is not None:
             return None
         text, data_bytes = None, 0
         size += len(kind)
-    elif kind in {"put", "patch"}:
+    elif kind in ("put", "patch"):
         if type(data) is not dict or (kind == "patch" and not data):
             return None
         nulls_allowed = kind == "patch"
@@ -265,12 +292,12 @@ def encode_valid_op(
             ):
                 return None
         try:
-            # allow_nan=False: NaN and Infinity are not JSON (strict parsers refuse them);
-            # the ValueError sends the op to parse_op, which names the problem.
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
+            # NaN and Infinity are not JSON (strict parsers refuse them): the ValueError sends
+            # the op to parse_op, which names the problem.
+            text = compact_json(data)
         except (TypeError, ValueError):
             return None
+        data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
         size += len(kind) + _DATA_FRAME + data_bytes
     else:
         return None
