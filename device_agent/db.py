@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from device_agent.errors import DatabaseError, ForeignDatabase, NotInitialised, SchemaTooNew
 
@@ -36,6 +34,8 @@ class DeviceConnection(sqlite3.Connection):
     """
 
     clock: Any = None
+    # The PRAGMA synchronous level open_database set (so relaxed transactions need not ask).
+    synchronous_level: Optional[int] = None
 
 
 # Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
@@ -167,8 +167,12 @@ MIGRATIONS: list[list[str]] = [
         "INSERT INTO delivery SELECT * FROM delivery_v2",
         "DROP TABLE delivery_v2",
         # Totals are now kept by the outbox code once per statement, not by per-row triggers;
-        # next_seq is the seq the next op of that priority gets.
+        # next_seq is the seq the next op of that priority gets. last_hlc is the greatest HLC
+        # stamped on an op recorded since the clock was last set back: the clock's persisted
+        # state is the greater of it and kv's "clock" (see AgentState), so recording an op
+        # updates one row instead of two.
         "ALTER TABLE outbox_totals ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox_totals ADD COLUMN last_hlc TEXT NOT NULL DEFAULT ''",
         """UPDATE outbox_totals SET next_seq = 1 + COALESCE(
              (SELECT MAX(seq) FROM outbox
                WHERE seq >= (outbox_totals.priority << 48)
@@ -244,6 +248,7 @@ def open_database(
         # fsyncs the WAL at every commit, which is the promise the outbox makes. Soft state
         # (leases, acks) relaxes this per transaction: see transaction(durable=False).
         conn.execute(f"PRAGMA synchronous = {mode}")
+        conn.synchronous_level = SYNCHRONOUS_MODES.index(mode)
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, location)
     except sqlite3.Error as exc:
@@ -312,60 +317,88 @@ def _migrate(conn: sqlite3.Connection, location: str) -> None:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, *, durable: bool = True) -> _Transaction:
     """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
 
     `durable=False` is for soft state whose loss on a power cut only means work is redone
-    (leases, acks, retry times, statistics): see `_relaxed`. Inside a transaction already,
-    the block joins it and the outer transaction decides durability. SQLite errors that mean
-    the database is unusable (locked, corrupt, disk full) become DatabaseError; the
+    (leases, acks, retry times, statistics): see `_Transaction._relax`. Inside a transaction
+    already, the block joins it and the outer transaction decides durability. SQLite errors
+    that mean the database is unusable (locked, corrupt, disk full) become DatabaseError; the
     transaction is rolled back on any exception.
     """
-    if conn.in_transaction:
-        yield conn
-        return
-    with _relaxed(conn, enabled=not durable):
+    return _Transaction(conn, durable)
+
+
+class _Transaction:
+    """The context manager behind `transaction()` (a class: it runs on every write)."""
+
+    __slots__ = ("_conn", "_durable", "_joined", "_restore")
+
+    def __init__(self, conn: sqlite3.Connection, durable: bool) -> None:
+        self._conn = conn
+        self._durable = durable
+        self._joined = False
+        self._restore: Optional[int] = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn.in_transaction:
+            self._joined = True
+            return conn
+        if not self._durable:
+            self._relax()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._restore_level()
             raise _translate(exc, database_path(conn)) from exc
+        return conn
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException], tb: Any) -> None:
+        if self._joined:
+            return
+        conn = self._conn
         try:
-            yield conn
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+            if error is not None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if (
+                    isinstance(error, sqlite3.OperationalError)
+                    or type(error) is sqlite3.DatabaseError
+                ):
+                    raise _translate(error, database_path(conn)) from error
+                return
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise _translate(exc, database_path(conn)) from exc
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise _translate(exc, database_path(conn)) from exc
+        finally:
+            self._restore_level()
 
+    def _relax(self) -> None:
+        """Commit without fsync (synchronous=NORMAL) this time, if the connection is above.
 
-@contextmanager
-def _relaxed(conn: sqlite3.Connection, *, enabled: bool) -> Iterator[None]:
-    """Commit without fsync (synchronous=NORMAL) for the duration, if the connection is above.
+        In WAL mode a NORMAL commit survives a process crash and never corrupts the
+        database; a power cut may only lose the most recent such commits, as a suffix: any
+        later FULL commit (every recorded write) fsyncs them too. Losing a lease, an ack or a
+        retry time makes the agent send an op again, which the protocol makes harmless (ops
+        are idempotent by HLC); losing a recorded write would not be, so `record` never
+        relaxes.
+        """
+        level = getattr(self._conn, "synchronous_level", None)
+        if level is None:
+            level = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+        if level > 1:
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._restore = level
 
-    In WAL mode a NORMAL commit survives a process crash and never corrupts the database; a
-    power cut may only lose the most recent such commits, as a suffix: any later FULL commit
-    (every recorded write) fsyncs them too. Losing a lease, an ack or a retry time makes the
-    agent send an op again, which the protocol makes harmless (ops are idempotent by HLC);
-    losing a recorded write would not be, so `record` never uses this.
-    """
-    level = conn.execute("PRAGMA synchronous").fetchone()[0] if enabled else 0
-    if level <= 1:
-        yield
-        return
-    conn.execute("PRAGMA synchronous = NORMAL")
-    try:
-        yield
-    finally:
-        # PRAGMA takes no parameters; the level is an integer read back from SQLite.
-        conn.execute(f"PRAGMA synchronous = {int(level)}")
+    def _restore_level(self) -> None:
+        if self._restore is not None:
+            # PRAGMA takes no parameters; the level is an integer read back from SQLite.
+            self._conn.execute(f"PRAGMA synchronous = {self._restore}")
+            self._restore = None
 
 
 def database_path(conn: sqlite3.Connection) -> str:

@@ -143,7 +143,8 @@ class Outbox:
         drafts = [_prepare(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
-            stamps = self._state.stamp_many(len(drafts))
+            # The last stamp is persisted with the totals (_apply), not as a write of its own.
+            stamps = self._state.stamp_many(len(drafts), persist=False)
             ops = [
                 make_op(
                     op_id=op_id,
@@ -161,7 +162,7 @@ class Outbox:
                 self._conn, ops, now, totals.next_seqs, [(d.text, d.size) for d in drafts]
             )
             self._check_bounds(totals, growth)
-            self._apply(growth)
+            self._apply(growth, stamps[-1])
         return stored
 
     def _totals(self) -> _Totals:
@@ -187,9 +188,11 @@ class Outbox:
                 max_bytes=self.max_bytes,
             )
 
-    def _apply(self, growth: Growth) -> None:
-        """Add per-priority changes to outbox_totals."""
-        rows = [(ops, size, seqs, priority) for priority, (ops, size, seqs) in growth.items()]
+    def _apply(self, growth: Growth, stamp: str = "") -> None:
+        """Add per-priority changes to outbox_totals, with the greatest HLC just stamped."""
+        rows = [
+            (ops, size, seqs, stamp, priority) for priority, (ops, size, seqs) in growth.items()
+        ]
         if len(rows) == 1:
             self._conn.execute(GROW, rows[0])
         else:

@@ -61,8 +61,8 @@ FORGET_STALE_KEYS = (
 ADD_KEY = "INSERT INTO outbox_keys (collection, key, seq) VALUES (?, ?, ?)"
 TOTALS = "SELECT priority, ops, bytes, next_seq FROM outbox_totals"
 GROW = (
-    "UPDATE outbox_totals SET ops = ops + ?, bytes = bytes + ?, next_seq = next_seq + ? "
-    "WHERE priority = ?"
+    "UPDATE outbox_totals SET ops = ops + ?, bytes = bytes + ?, next_seq = next_seq + ?, "
+    "last_hlc = max(last_hlc, ?) WHERE priority = ?"
 )
 RELEASE = (
     "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "

@@ -108,12 +108,14 @@ class AgentState:
             self._put("settings", raw)
             if device_id is not None:
                 self._put("device_id", device_id)
-                clock = self._get("clock")
-                if clock and clock.get("last"):
-                    # The clock row carries the node id that stamps use: keep it in step.
-                    when = parse_hlc(clock["last"])
+                clock = self._get("clock") or {}
+                latest = self.last_hlc()
+                if latest:
+                    # The clock's state carries the node id that stamps use: keep it in step.
+                    when = parse_hlc(latest)
                     last = format_hlc(when.physical_ms, when.logical, device_id)
                     self._save_clock(last, int(clock.get("correction_ms", 0)))
+                    self._forget_recorded()
         self._node_hint = None
         return self.settings()
 
@@ -147,8 +149,12 @@ class AgentState:
         """
         return self.stamp_many(1)[0]
 
-    def stamp_many(self, count: int) -> list[str]:
-        """`count` increasing HLCs in one read-modify-write of the persisted clock."""
+    def stamp_many(self, count: int, *, persist: bool = True) -> list[str]:
+        """`count` increasing HLCs in one read-modify-write of the persisted clock.
+
+        `persist=False` is for the outbox, which stores the last stamp in
+        outbox_totals.last_hlc in the same transaction (see `_load_clock`).
+        """
         with transaction(self._conn):
             version, clock, correction = self._cached_clock()
             first = clock.send()
@@ -165,7 +171,8 @@ class AgentState:
                         tick += 1
                     stamps.append(f"{ms:013d}-{tick:05d}-{node}")
                 clock.receive(stamps[-1])
-            self._save_clock(stamps[-1], correction)
+            if persist:
+                self._save_clock(stamps[-1], correction)
             if isinstance(self._conn, DeviceConnection):
                 self._conn.clock = (version, clock, correction)
         return stamps
@@ -184,7 +191,16 @@ class AgentState:
         """The greatest HLC issued or merged so far ("" on a fresh database)."""
         raw = self._get("clock") or {}
         last = raw.get("last", "")
-        return last if isinstance(last, str) else ""
+        return max(last if isinstance(last, str) else "", self._last_recorded())
+
+    def _last_recorded(self) -> str:
+        """The greatest HLC the outbox stamped since the clock was last set (or "")."""
+        row = self._conn.execute("SELECT MAX(last_hlc) FROM outbox_totals").fetchone()
+        return str(row[0] or "")
+
+    def _forget_recorded(self) -> None:
+        """After the clock's state was saved whole in kv (or set back): see _last_recorded."""
+        self._conn.execute("UPDATE outbox_totals SET last_hlc = ''")
 
     def merge_server_time(self, hlc: str) -> None:
         """Fold a `server_time` into the clock (HLC receive rule) and measure the offset.
@@ -214,6 +230,7 @@ class AgentState:
             offset = server.physical_ms - self._now_ms()
             restart = format_hlc(server.physical_ms, server.logical, self.device_id)
             self._save_clock(restart, offset)
+            self._forget_recorded()
             self._update_stats({"clock_offset_ms": offset})
 
     def _load_clock(self, correction: Optional[int] = None) -> tuple[HybridLogicalClock, int]:
@@ -221,7 +238,7 @@ class AgentState:
         if correction is None:
             correction = int(raw.get("correction_ms", 0))
         shift = correction
-        last = raw.get("last") or None
+        last = max(raw.get("last") or "", self._last_recorded()) or None
         # The persisted last stamp names the node (kept in step by update_settings): one read.
         node = last.split("-", 2)[2] if last else self.device_id
         clock = HybridLogicalClock(node, last=last, now_ms=lambda: self._now_ms() + shift)

@@ -49,13 +49,16 @@ def validate_node_id(node: str) -> str:
 
 
 def format_hlc(physical_ms: int, logical: int, node: str) -> str:
+    return _format(physical_ms, logical, validate_node_id(node))
+
+
+def _format(physical_ms: int, logical: int, node: str) -> str:
+    """format_hlc for a node id already validated."""
     if not 0 <= physical_ms <= MAX_PHYSICAL_MS:
         raise InvalidTimestamp(f"physical time {physical_ms} does not fit in 13 digits")
     if not 0 <= logical <= MAX_LOGICAL:
         raise InvalidTimestamp(f"logical counter {logical} does not fit in 5 digits")
-    return (
-        f"{physical_ms:0{PHYSICAL_DIGITS}d}-{logical:0{LOGICAL_DIGITS}d}-{validate_node_id(node)}"
-    )
+    return f"{physical_ms:013d}-{logical:05d}-{node}"
 
 
 def parse_hlc(value: str) -> Timestamp:
@@ -112,7 +115,7 @@ class HybridLogicalClock:
     def last(self) -> str:
         """The greatest timestamp issued or merged so far (persist this)."""
         with self._lock:
-            return format_hlc(self._physical, self._logical, self._node)
+            return _format(self._physical, self._logical, self._node)
 
     def send(self) -> str:
         """A new timestamp, greater than every one issued or received before."""
@@ -122,7 +125,7 @@ class HybridLogicalClock:
                 self._physical, self._logical = wall, 0
             else:
                 self._tick()
-            return format_hlc(self._physical, self._logical, self._node)
+            return _format(self._physical, self._logical, self._node)
 
     def receive(self, remote: str) -> str:
         """Merge a remote timestamp (the HLC receive rule) and return the new local time."""
@@ -140,7 +143,7 @@ class HybridLogicalClock:
                 self._tick()
             else:
                 self._physical, self._logical = wall, 0
-            return format_hlc(self._physical, self._logical, self._node)
+            return _format(self._physical, self._logical, self._node)
 
     def _tick(self) -> None:
         # The counter never wraps: when it is full the clock rolls into the next millisecond.
