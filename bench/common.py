@@ -326,6 +326,7 @@ class CountingProxy:
             with self._lock:
                 epoch = self._epoch
             upstream = socket.create_connection(self.upstream, timeout=5.0)
+            _no_delay(client, upstream)
             with self._lock:
                 self._open.add(upstream)
             self._pump(client, upstream, epoch, pending)
@@ -498,3 +499,10 @@ def local_stack(
             raise RuntimeError(f"sync-local did not start within {timeout:g} s")
         resources = requests.get(endpoint + "/_local/resources", timeout=30).json()
         yield LocalStack(proc, endpoint, token, resources)
+
+
+def _no_delay(*sockets: socket.socket) -> None:
+    """Forward small writes at once: with Nagle's algorithm a relayed body could wait for
+    a delayed ACK (tens of ms per request)."""
+    for sock in sockets:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -184,6 +184,7 @@ class FaultProxy:
         upstream: Optional[socket.socket] = None
         try:
             upstream = socket.create_connection(self._upstream, timeout=5)
+            _no_delay(client, upstream)
             self._pump(client, upstream)
         except OSError:
             pass
@@ -234,3 +235,10 @@ class FaultProxy:
                     if fault is Fault.LATENCY:
                         time.sleep(latency)
                     client.sendall(data)
+
+
+def _no_delay(*sockets: socket.socket) -> None:
+    """Forward small writes at once: with Nagle's algorithm a relayed body could wait for
+    a delayed ACK (tens of ms per request)."""
+    for sock in sockets:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
