@@ -202,26 +202,34 @@ def store_ops(
     """
     slots = _newest_ops(conn, {(op.collection, op.key) for op in ops})
     inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]] = []
-    updated: dict[int, _Slot] = {}
+    updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
+    moved: list[_Slot] = []  # existing rows whose merged op goes to another priority
     stored: list[Op] = []
     for position, op in enumerate(ops):
         slot = slots.get((op.collection, op.key))
         merged = None
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
             merged = coalesce(slot.op, op)
-        if slot is not None and merged is not None:
-            if slot.index is not None:
-                inserts[slot.index] = (merged, None)
-            elif slot.seq is not None:
-                updated[slot.seq] = slot
-            slot.op = merged
-            stored.append(merged)
+        if slot is None or merged is None:
+            slots[(op.collection, op.key)] = _Slot(op, coalescable=True, index=len(inserts))
+            inserts.append((op, None if encoded is None else encoded[position]))
+            stored.append(op)
             continue
-        slots[(op.collection, op.key)] = _Slot(op, coalescable=True, index=len(inserts))
-        inserts.append((op, None if encoded is None else encoded[position]))
-        stored.append(op)
+        slot.op = merged
+        stored.append(merged)
+        if slot.index is not None:
+            inserts[slot.index] = (merged, None)
+        elif slot.seq is not None and int(merged.priority) == slot.priority:
+            updated[slot.seq] = slot
+        elif slot.seq is not None:
+            # A more urgent priority: the op leaves its place in the claim order now, for
+            # the end of the new priority's, as recording it alone would do.
+            updated.pop(slot.seq, None)
+            moved.append(slot)
+            slot.index = len(inserts)
+            inserts.append((merged, None))
     growth = Growth()
-    _rewrite(conn, updated, inserts, growth)
+    _rewrite(conn, updated, moved, growth)
     if inserts:
         rows = []
         for op, known in inserts:
@@ -250,29 +258,23 @@ def store_ops(
 
 
 def _rewrite(
-    conn: sqlite3.Connection,
-    updated: dict[int, _Slot],
-    inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]],
-    growth: Growth,
+    conn: sqlite3.Connection, updated: dict[int, _Slot], moved: list[_Slot], growth: Growth
 ) -> None:
-    """Write ops coalesced into existing rows: in place, or moved (as a new insert) when
-    the merged op's priority puts it in another part of the claim order."""
-    in_place = []
-    moved = []
-    for seq, slot in updated.items():
+    """Write ops coalesced into existing rows in place, and delete the rows of moved ones
+    (their merged ops are among the inserts)."""
+    for slot in (*updated.values(), *moved):
         growth.add(slot.priority, -1, -slot.size)
-        if int(slot.op.priority) == slot.priority:
+    if updated:
+        rows = []
+        for seq, slot in updated.items():
             params, size = _params(slot.op, seq)
             growth.add(slot.priority, 1, size)
-            in_place.append(params)
-        else:
-            moved.append((slot.op.collection, slot.op.key, seq))
-            inserts.append((slot.op, None))
-    if in_place:
-        conn.executemany(_UPDATE, in_place)
+            rows.append(params)
+        conn.executemany(_UPDATE, rows)
     if moved:
-        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for _, _, seq in moved])
-        conn.executemany(FORGET_KEY, moved)
+        gone = [(slot.op.collection, slot.op.key, slot.seq) for slot in moved]
+        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for _, _, seq in gone])
+        conn.executemany(FORGET_KEY, gone)
 
 
 def _newest_ops(

@@ -546,11 +546,6 @@ def test_a_raised_op_goes_behind_ops_already_in_its_new_band(tmp_path: Path) -> 
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="record_many appends an existing op moved to a more urgent band after the batch's "
-    "new ops, so its claim order differs from recording the writes one by one",
-)
 def test_a_batch_raising_a_priority_claims_in_the_order_one_by_one_recording_would(
     tmp_path: Path,
 ) -> None:
