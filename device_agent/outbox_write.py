@@ -119,22 +119,21 @@ def new_op_ids(count: int) -> list[str]:
     pages instead of one random page per op. Ids are unique, not secret.
     """
     millis = time.time_ns() // 1_000_000
-    random = int.from_bytes(os.urandom(8), "big") >> 2
+    random = int.from_bytes(os.urandom(8), "big")
+    # The variant (binary 10), 14 random bits, then 48 counted up from a random start that
+    # leaves room for `count` ids.
+    middle = f"-{0x8000 | (random >> 50):04x}-"
+    low = (random & _LOW_48) % (_LOW_48 + 1 - count)
     ids = []
     prefix = ""
     for index in range(count):
         if not index & 0x0FFF:
             stamp = f"{millis + (index >> 12):012x}"
             prefix = f"{stamp[:8]}-{stamp[8:]}-7"  # then version 7
-        tail = (random + index) & _TAIL_MASK
-        # The variant (binary 10) over the top two of the 64 tail bits.
-        ids.append(
-            f"{prefix}{index & 0x0FFF:03x}-{(tail >> 48) | 0x8000:04x}-{tail & _LOW_48:012x}"
-        )
+        ids.append(f"{prefix}{index & 0x0FFF:03x}{middle}{low + index:012x}")
     return ids
 
 
-_TAIL_MASK = (1 << 62) - 1
 _LOW_48 = (1 << 48) - 1
 
 

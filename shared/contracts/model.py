@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Callable, Optional
@@ -17,23 +18,31 @@ def _compact_encoder() -> Callable[[Any], str]:
     base = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if c_make_encoder is None:
         return base.encode
-    # What `base.encode` does for a dict or list, minus building this encoder on every call
-    # (most of the cost for a small document). No cycle check: values are validated first.
-    make = c_make_encoder(
-        None, base.default, encode_basestring, None, ":", ",", False, False, False
-    )
+    # What `base.encode` does for a dict or list, minus building the encoder on every call
+    # (most of the cost for a small document): one encoder per thread, since its table of
+    # the containers being encoded (a cycle is a ValueError) must not be shared.
+    local = threading.local()
 
     def encode(value: Any) -> str:
         if not isinstance(value, (dict, list)):
             return base.encode(value)
-        return "".join(make(value, 0))
+        make = getattr(local, "make", None)
+        if make is None:
+            make = local.make = c_make_encoder(
+                {}, base.default, encode_basestring, None, ":", ",", False, False, False
+            )
+        try:
+            return "".join(make(value, 0))
+        except BaseException:
+            local.make = None  # an error can leave containers in its table
+            raise
 
     return encode
 
 
 compact_json: Callable[[Any], str] = _compact_encoder()
-"""`value` as compact JSON text (no spaces, UTF-8 left as is, NaN and Infinity refused with
-ValueError, non-JSON values with TypeError): the form ops are stored and measured in."""
+"""`value` as compact JSON text (no spaces, UTF-8 left as is; NaN, Infinity and cycles refused
+with ValueError, non-JSON values with TypeError): the form ops are stored and measured in."""
 
 
 def encoded_size(value: Any) -> int:

@@ -280,22 +280,22 @@ def encode_valid_write(
         text, data_bytes = None, 0
         size += len(kind)
     elif kind in ("put", "patch"):
-        if type(data) is not dict or (kind == "patch" and not data):
+        if type(data) is not dict or not (data or kind == "put"):
             return None
-        nulls_allowed = kind == "patch"
-        for name, value in data.items():
-            if (
-                type(name) is not str
-                or not 0 < len(name) <= limits.MAX_FIELD_NAME_CHARS
-                or (value is None and not nulls_allowed)
-                or (type(value) in (dict, list) and _too_deep(value))
-            ):
-                return None
         try:
-            # NaN and Infinity are not JSON (strict parsers refuse them): the ValueError sends
-            # the op to parse_op, which names the problem.
+            # NaN, Infinity and cycles are not JSON: the ValueError sends the op to parse_op,
+            # which names the problem.
             text = compact_json(data)
-        except (TypeError, ValueError):
+            "".join(data)  # every field name is a string (JSON would turn 1 into "1")
+        except (TypeError, ValueError, RecursionError):
+            return None
+        if data and (min(map(len, data)) < 1 or max(map(len, data)) > limits.MAX_FIELD_NAME_CHARS):
+            return None
+        if kind == "put" and None in data.values():
+            return None  # null only removes a field in a patch
+        if (text.find("{", 1) > 0 or "[" in text) and any(
+            type(value) in (dict, list) and _too_deep(value) for value in data.values()
+        ):
             return None
         data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
         size += len(kind) + _DATA_FRAME + data_bytes
