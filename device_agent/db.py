@@ -34,8 +34,10 @@ class DeviceConnection(sqlite3.Connection):
     """
 
     clock: Any = None
-    # The PRAGMA synchronous level open_database set (so relaxed transactions need not ask).
+    # The PRAGMA synchronous level open_database set (durable transactions commit at it), and
+    # the level in force now (see _Transaction._set_level).
     synchronous_level: Optional[int] = None
+    synchronous_now: Optional[int] = None
 
 
 # Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
@@ -173,17 +175,20 @@ MIGRATIONS: list[list[str]] = [
         # updates one row instead of two.
         "ALTER TABLE outbox_totals ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE outbox_totals ADD COLUMN last_hlc TEXT NOT NULL DEFAULT ''",
+        # outbox_keys rows left behind by removed ops of that priority (see below).
+        "ALTER TABLE outbox_totals ADD COLUMN stale_keys INTEGER NOT NULL DEFAULT 0",
         """UPDATE outbox_totals SET next_seq = 1 + COALESCE(
              (SELECT MAX(seq) FROM outbox
                WHERE seq >= (outbox_totals.priority << 48)
                  AND seq < ((outbox_totals.priority + 1) << 48)),
              outbox_totals.priority << 48)""",
         # Ops by key (coalescing, the local view) are found through a table of their own
-        # rather than an index on the outbox, so that an ack on a large backlog need not
-        # delete from it: the acked ops' keys are scattered over the whole index, and deleting
-        # them touched a page per op. A row whose op is gone is stale: readers join it to the
-        # outbox and skip it; stale rows are deleted when their key is written again, with the
-        # acks of a small backlog, or all at once when the outbox empties (Outbox.ack).
+        # rather than an index on the outbox, so that an ack need not delete from it: the
+        # acked ops' keys are scattered over the whole index, and deleting them touched a
+        # page per op on a large backlog. A row whose op is gone is stale: readers join it to
+        # the outbox and skip it. Stale rows go when their key is written again, all at once
+        # when the outbox empties, and in a sweep when they outnumber the live ops
+        # (Outbox._remove).
         """CREATE TABLE outbox_keys (
              collection TEXT NOT NULL,
              key        TEXT NOT NULL,
@@ -248,7 +253,7 @@ def open_database(
         # fsyncs the WAL at every commit, which is the promise the outbox makes. Soft state
         # (leases, acks) relaxes this per transaction: see transaction(durable=False).
         conn.execute(f"PRAGMA synchronous = {mode}")
-        conn.synchronous_level = SYNCHRONOUS_MODES.index(mode)
+        conn.synchronous_level = conn.synchronous_now = SYNCHRONOUS_MODES.index(mode)
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, location)
     except sqlite3.Error as exc:
@@ -345,8 +350,7 @@ class _Transaction:
         if conn.in_transaction:
             self._joined = True
             return conn
-        if not self._durable:
-            self._relax()
+        self._set_level()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -377,22 +381,32 @@ class _Transaction:
         finally:
             self._restore_level()
 
-    def _relax(self) -> None:
-        """Commit without fsync (synchronous=NORMAL) this time, if the connection is above.
+    def _set_level(self) -> None:
+        """Commit this transaction at the connection's level, or without fsync (NORMAL) if
+        it is not durable and the connection is above that.
 
         In WAL mode a NORMAL commit survives a process crash and never corrupts the
         database; a power cut may only lose the most recent such commits, as a suffix: any
         later FULL commit (every recorded write) fsyncs them too. Losing a lease, an ack or a
         retry time makes the agent send an op again, which the protocol makes harmless (ops
         are idempotent by HLC); losing a recorded write would not be, so `record` never
-        relaxes.
+        relaxes. A DeviceConnection stays at the level its last transaction needed, so a
+        run of relaxed transactions (a drain: claim, ack, claim, ...) switches only once.
         """
-        level = getattr(self._conn, "synchronous_level", None)
-        if level is None:
-            level = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
-        if level > 1:
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._restore = level
+        conn = self._conn
+        configured = getattr(conn, "synchronous_level", None)
+        if configured is None:  # a plain connection: relax for this transaction only
+            if not self._durable:
+                level = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+                if level > 1:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                    self._restore = level
+            return
+        wanted = configured if self._durable else min(configured, 1)
+        if conn.synchronous_now != wanted:  # type: ignore[attr-defined]
+            # PRAGMA takes no parameters; the level is one of our own integers.
+            conn.execute(f"PRAGMA synchronous = {int(wanted)}")
+            conn.synchronous_now = wanted  # type: ignore[attr-defined]
 
     def _restore_level(self) -> None:
         if self._restore is not None:

@@ -38,10 +38,10 @@ from device_agent.outbox_sql import (
     CANDIDATES,
     CHUNK,
     FORGET_ALL_KEYS,
-    FORGET_KEY,
     FORGET_STALE_KEYS,
     GROW,
     LEASE,
+    NO_STALE_KEYS,
     OLDEST,
     RELEASE,
     RELEASE_UNATTEMPTED,
@@ -62,8 +62,9 @@ from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
 from shared.contracts.validation import encode_valid_write
 
-# Above this many ops an ack leaves its ops' outbox_keys rows stale (see Outbox._remove).
-LAZY_KEYS_ABOVE = 10_000
+# Stale outbox_keys rows are swept once there are more than this many (and more than live
+# ops): see Outbox._remove.
+SWEEP_STALE_KEYS_ABOVE = 1_000
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -166,13 +167,14 @@ class Outbox:
         return stored
 
     def _totals(self) -> _Totals:
-        ops = size = 0
+        ops = size = stale = 0
         next_seqs = {}
-        for priority, count, bytes_, next_seq in self._conn.execute(TOTALS):
+        for priority, count, bytes_, next_seq, stale_keys in self._conn.execute(TOTALS):
             ops += count
             size += bytes_
+            stale += stale_keys
             next_seqs[priority] = next_seq
-        return _Totals(ops, size, next_seqs)
+        return _Totals(ops, size, next_seqs, stale)
 
     def _check_bounds(self, totals: _Totals, growth: Growth) -> None:
         """Refuse growth past a bound; a write that does not grow the outbox always passes."""
@@ -191,7 +193,8 @@ class Outbox:
     def _apply(self, growth: Growth, stamp: str = "") -> None:
         """Add per-priority changes to outbox_totals, with the greatest HLC just stamped."""
         rows = [
-            (ops, size, seqs, stamp, priority) for priority, (ops, size, seqs) in growth.items()
+            (ops, size, seqs, stale, stamp, priority)
+            for priority, (ops, size, seqs, stale) in growth.items()
         ]
         if len(rows) == 1:
             self._conn.execute(GROW, rows[0])
@@ -253,28 +256,27 @@ class Outbox:
     def _remove(self, op_ids: list[str]) -> int:
         """Delete the named ops (their delivery rows go with them) and update the totals.
 
-        Their outbox_keys rows are deleted too while the backlog is small. On a large one
-        they are left stale: its acked ops' keys are spread over the whole table, so
-        deleting them would touch a page per op, and a stale row costs nothing but space
-        (readers skip it). They all go when the outbox empties, and any left over when a
-        backlog shrinks below LAZY_KEYS_ABOVE.
+        Their outbox_keys rows are left stale rather than deleted: the acked ops' keys are
+        spread over the whole table, so deleting them would touch a page per op on a large
+        backlog, and a stale row costs nothing but space (readers skip it). They all go when
+        the outbox empties, and in one sweep once they outnumber the live ops (and
+        SWEEP_STALE_KEYS_ABOVE), which keeps the table within twice the backlog and costs
+        each removal a bounded share of a sweep.
         """
         rows = self._conn.execute(TO_REMOVE, {"ids": json.dumps(op_ids)}).fetchall()
         if not rows:
             return 0
-        before = self._totals().ops
+        totals = self._totals()
         self._conn.execute(REMOVE, {"seqs": json.dumps([row[0] for row in rows])})
         growth = Growth()
         for _, _, _, priority, size in rows:
-            growth.add(priority, -1, -size)
+            growth.add(priority, -1, -size, 0, 1)
         self._apply(growth)
-        after = before - len(rows)
-        if after == 0:
-            self._conn.execute(FORGET_ALL_KEYS)
-        elif before <= LAZY_KEYS_ABOVE:
-            self._conn.executemany(FORGET_KEY, [(row[1], row[2], row[0]) for row in rows])
-        elif after <= LAZY_KEYS_ABOVE:
-            self._conn.execute(FORGET_STALE_KEYS)
+        left = totals.ops - len(rows)
+        stale = totals.stale + len(rows)
+        if left == 0 or stale > max(SWEEP_STALE_KEYS_ABOVE, left):
+            self._conn.execute(FORGET_ALL_KEYS if left == 0 else FORGET_STALE_KEYS)
+            self._conn.execute(NO_STALE_KEYS)
         return len(rows)
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:
@@ -483,6 +485,7 @@ class _Totals(NamedTuple):
     ops: int
     size: int
     next_seqs: dict[int, int]
+    stale: int  # outbox_keys rows whose op is gone (Outbox._remove)
 
 
 class _Draft(NamedTuple):

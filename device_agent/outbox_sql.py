@@ -59,11 +59,12 @@ FORGET_STALE_KEYS = (
     "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"
 )
 ADD_KEY = "INSERT INTO outbox_keys (collection, key, seq) VALUES (?, ?, ?)"
-TOTALS = "SELECT priority, ops, bytes, next_seq FROM outbox_totals"
+TOTALS = "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals"
 GROW = (
     "UPDATE outbox_totals SET ops = ops + ?, bytes = bytes + ?, next_seq = next_seq + ?, "
-    "last_hlc = max(last_hlc, ?) WHERE priority = ?"
+    "stale_keys = stale_keys + ?, last_hlc = max(last_hlc, ?) WHERE priority = ?"
 )
+NO_STALE_KEYS = "UPDATE outbox_totals SET stale_keys = 0"
 RELEASE = (
     "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
     "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "

@@ -166,16 +166,17 @@ def stored_size(op_id_chars: int, collection: str, key: str, data_bytes: int) ->
 
 
 class Growth(dict[int, list[int]]):
-    """How the outbox changes per priority: {priority: [ops, bytes, seqs used]}."""
+    """How outbox_totals changes per priority: {priority: [ops, bytes, seqs used, stale keys]}."""
 
-    def add(self, priority: int, ops: int, size: int, seqs: int = 0) -> None:
+    def add(self, priority: int, ops: int, size: int, seqs: int = 0, stale: int = 0) -> None:
         entry = self.get(priority)
         if entry is None:
-            self[priority] = [ops, size, seqs]
+            self[priority] = [ops, size, seqs, stale]
         else:
             entry[0] += ops
             entry[1] += size
             entry[2] += seqs
+            entry[3] += stale
 
     def ops(self) -> int:
         return sum(entry[0] for entry in self.values())

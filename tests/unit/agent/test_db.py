@@ -133,18 +133,32 @@ def test_integrity_errors_are_not_disguised_as_database_errors(tmp_path):
         conn.execute("INSERT INTO kv (name, value) VALUES ('x', NULL)")
 
 
-def test_a_relaxed_transaction_commits_and_restores_full_sync(tmp_path):
+def test_a_relaxed_transaction_commits_without_fsync_and_a_durable_one_with(tmp_path):
     # Given a connection with synchronous=FULL
     conn = open_database(tmp_path / "agent.db")
     seen = []
-    # When a soft-state transaction runs (leases, acks)
+    # When soft-state transactions run (leases, acks), then a durable one (a recorded write)
+    for durable in (False, False, True, False):
+        with transaction(conn, durable=durable):
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            conn.execute(
+                "INSERT INTO kv (name, value) VALUES ('lease', '1') "
+                "ON CONFLICT (name) DO UPDATE SET value = value + 1"
+            )
+    # Then the soft ones ran without per-commit fsync (NORMAL = 1), the durable one at FULL
+    assert seen == [1, 1, 2, 1]
+    assert conn.execute("SELECT value FROM kv WHERE name = 'lease'").fetchone() == ("4",)
+
+
+def test_a_relaxed_transaction_on_a_plain_connection_restores_its_level(tmp_path):
+    open_database(tmp_path / "agent.db").close()
+    conn = sqlite3.connect(tmp_path / "agent.db", isolation_level=None)
+    conn.execute("PRAGMA synchronous = FULL")
+
     with transaction(conn, durable=False):
-        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
-        conn.execute("INSERT INTO kv (name, value) VALUES ('lease', '1')")
-    # Then it ran without per-commit fsync (NORMAL = 1) and FULL is back afterwards
-    assert seen == [1]
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-    assert conn.execute("SELECT value FROM kv WHERE name = 'lease'").fetchone() == ("1",)
 
 
 def test_a_relaxed_transaction_never_raises_a_lower_setting(tmp_path):

@@ -339,9 +339,8 @@ def check_invariants(store: Store, threshold: int, history: SeqHistory) -> None:
         ).fetchone()[0]
         == 0
     )
-    # Stale rows only while the backlog is above the threshold; none once it empties.
-    if len(rows) <= threshold:
-        assert stale_key_rows(conn) == 0
+    # Stale rows never outnumber both the live ops and the sweep threshold; none once empty.
+    assert stale_key_rows(conn) <= max(threshold, len(rows))
     if not rows:
         assert listed == set()
     # pending_for is exactly the key's ops, in HLC order.
@@ -386,14 +385,14 @@ def run_action(store: Store, action: tuple[Any, ...], in_flight: list[str]) -> N
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(script=st.lists(actions, min_size=5, max_size=40), threshold=st.sampled_from([0, 2, 10_000]))
+@given(script=st.lists(actions, min_size=5, max_size=40), threshold=st.sampled_from([0, 2, 1_000]))
 def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
     script: list[tuple[Any, ...]], threshold: int
 ) -> None:
     """Given any sequence of writes (priority-raising merges included), claims, acks, releases,
-    quarantines and retries, with acks leaving keys stale above `threshold` ops: after every
+    quarantines and retries, with stale key rows swept above `threshold`: after every
     step the totals match the outbox, every op is found by its key, and no seq is reused."""
-    lazy = mock.patch.object(outbox_module, "LAZY_KEYS_ABOVE", threshold)
+    lazy = mock.patch.object(outbox_module, "SWEEP_STALE_KEYS_ABOVE", threshold)
     with tempfile.TemporaryDirectory() as tmp, lazy:
         store = open_store(Path(tmp) / "agent.db", device_id="dev", synchronous="OFF")
         history = SeqHistory()
@@ -416,11 +415,11 @@ def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
 
 @pytest.fixture
 def lazy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
-    monkeypatch.setattr(outbox_module, "LAZY_KEYS_ABOVE", 5)
+    monkeypatch.setattr(outbox_module, "SWEEP_STALE_KEYS_ABOVE", 5)
     return open_store(tmp_path / "agent.db", device_id="dev", now=FakeTime())
 
 
-def test_acks_above_the_threshold_leave_stale_key_rows_that_readers_skip(lazy_store: Store) -> None:
+def test_acks_leave_stale_key_rows_that_readers_skip(lazy_store: Store) -> None:
     store = lazy_store
     ops = [put(store, f"k{i}") for i in range(20)]
 
@@ -448,25 +447,22 @@ def test_acks_above_the_threshold_leave_stale_key_rows_that_readers_skip(lazy_st
     assert store.outbox.depth() == 11
 
 
-def test_shrinking_to_the_threshold_sweeps_stale_rows_and_emptying_clears_all(
-    lazy_store: Store,
-) -> None:
+def test_stale_rows_are_swept_once_they_outnumber_the_live_ops(lazy_store: Store) -> None:
     store = lazy_store
     ops = [put(store, f"k{i}") for i in range(20)]
-    store.outbox.ack(op.op_id for op in ops[:10])
-    store.outbox.ack(op.op_id for op in ops[10:14])  # 10 -> 6 ops: still above 5
-    assert stale_key_rows(store.conn) == 14
+    store.outbox.ack(op.op_id for op in ops[:10])  # 10 stale, 10 live: kept
+    assert stale_key_rows(store.conn) == 10
 
-    store.outbox.ack([ops[14].op_id])  # 6 -> 5 ops: at the threshold
+    store.outbox.ack([ops[10].op_id])  # 11 stale > 9 live (and > 5): swept
 
-    assert key_rows(store.conn) == sorted(
-        ("items", op.key, store.outbox.get(op.op_id).seq) for op in ops[15:]
-    )
-    # At or below the threshold an ack deletes its op's row at once.
-    store.outbox.ack([ops[15].op_id])
-    assert len(key_rows(store.conn)) == 4
     assert stale_key_rows(store.conn) == 0
-    store.outbox.ack(op.op_id for op in ops[16:])
+    assert key_rows(store.conn) == sorted(
+        ("items", op.key, store.outbox.get(op.op_id).seq) for op in ops[11:]
+    )
+    # The count starts again from the sweep: 4 more acks leave 4 stale rows (not above 5).
+    store.outbox.ack(op.op_id for op in ops[11:15])
+    assert stale_key_rows(store.conn) == 4
+    store.outbox.ack(op.op_id for op in ops[15:])
     assert key_rows(store.conn) == []
     assert totals(store.conn) == counted(store.conn) == {int(p): (0, 0) for p in Priority}
 
@@ -477,7 +473,7 @@ def test_emptying_a_large_backlog_at_once_clears_every_key_row(lazy_store: Store
     store.outbox.ack(op.op_id for op in ops[:10])
     assert stale_key_rows(store.conn) == 10
 
-    store.outbox.ack(op.op_id for op in ops[10:])  # 10 -> 0, never at the threshold between
+    store.outbox.ack(op.op_id for op in ops[10:])  # 10 -> 0 in one ack
 
     assert key_rows(store.conn) == []
     assert store.outbox.depth() == 0
