@@ -46,6 +46,7 @@ from device_agent.outbox_sql import (
     RELEASE,
     RELEASE_UNATTEMPTED,
     REMOVE,
+    REMOVE_RETURNING,
     TO_REMOVE,
     TO_RESTAMP,
     TOTALS,
@@ -62,6 +63,8 @@ from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
 from shared.contracts.validation import encode_valid_write
 
+# DELETE ... RETURNING (SQLite 3.35) removes ops and reports their totals in one statement.
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 # Stale outbox_keys rows are swept once there are more than this many (and more than live
 # ops): see Outbox._remove.
 SWEEP_STALE_KEYS_ABOVE = 1_000
@@ -263,13 +266,17 @@ class Outbox:
         SWEEP_STALE_KEYS_ABOVE), which keeps the table within twice the backlog and costs
         each removal a bounded share of a sweep.
         """
-        rows = self._conn.execute(TO_REMOVE, {"ids": json.dumps(op_ids)}).fetchall()
+        params = {"ids": json.dumps(op_ids)}
+        if HAS_RETURNING:
+            rows = self._conn.execute(REMOVE_RETURNING, params).fetchall()
+        else:
+            rows = self._conn.execute(TO_REMOVE, params).fetchall()
+            self._conn.execute(REMOVE, params)
         if not rows:
             return 0
         totals = self._totals()
-        self._conn.execute(REMOVE, {"seqs": json.dumps([row[0] for row in rows])})
         growth = Growth()
-        for _, _, _, priority, size in rows:
+        for priority, size in rows:
             growth.add(priority, -1, -size, 0, 1)
         self._apply(growth)
         left = totals.ops - len(rows)

@@ -46,12 +46,13 @@ LEASE = (
     "ON CONFLICT (seq) DO UPDATE SET leased_at = excluded.leased_at, "
     "lease_until = excluded.lease_until, lease_owner = excluded.lease_owner"
 )
-# What removing ops takes away: their keys' rows and their share of the totals.
-TO_REMOVE = (
-    "SELECT seq, collection, key, priority, size FROM outbox "
-    "WHERE op_id IN (SELECT value FROM json_each(:ids))"
+# Removing ops, with each one's share of the totals: in one statement where SQLite has
+# RETURNING (3.35 and newer), else a read and a delete.
+REMOVE_RETURNING = (
+    "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)) RETURNING priority, size"
 )
-REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
+TO_REMOVE = "SELECT priority, size FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
+REMOVE = "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
 FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = ? AND key = ? AND seq = ?"
 FORGET_ALL_KEYS = "DELETE FROM outbox_keys"
 FORGET_STALE_KEYS = (
