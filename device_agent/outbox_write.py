@@ -143,13 +143,7 @@ class _Slot:
     __slots__ = ("coalescable", "index", "op", "priority", "seq", "size")
 
     def __init__(
-        self,
-        op: Op,
-        *,
-        coalescable: bool,
-        seq: Optional[int] = None,
-        size: int = 0,
-        index: Optional[int] = None,
+        self, op: Op, coalescable: bool, seq: Optional[int], size: int, index: Optional[int]
     ):
         self.op = op
         self.coalescable = coalescable
@@ -206,12 +200,13 @@ def store_ops(
     moved: list[_Slot] = []  # existing rows whose merged op goes to another priority
     stored: list[Op] = []
     for position, op in enumerate(ops):
-        slot = slots.get((op.collection, op.key))
+        where = (op.collection, op.key)
+        slot = slots.get(where)
         merged = None
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
             merged = coalesce(slot.op, op)
-        if slot is None or merged is None:
-            slots[(op.collection, op.key)] = _Slot(op, coalescable=True, index=len(inserts))
+        if slot is None or merged is None:  # the common case: nothing to merge into
+            slots[where] = _Slot(op, True, None, 0, len(inserts))
             inserts.append((op, None if encoded is None else encoded[position]))
             stored.append(op)
             continue
@@ -232,12 +227,18 @@ def store_ops(
     _rewrite(conn, updated, moved, growth)
     if inserts:
         rows = []
+        added: dict[int, list[int]] = {}  # [ops, bytes] per priority
         for op, known in inserts:
             data, size = encode(op) if known is None else known
             priority = int(op.priority)
             seq = next_seqs[priority]
             next_seqs[priority] = seq + 1
-            growth.add(priority, 1, size, 1)
+            entry = added.get(priority)
+            if entry is None:
+                added[priority] = [1, size]
+            else:
+                entry[0] += 1
+                entry[1] += size
             rows.append(
                 (
                     seq,
@@ -254,6 +255,8 @@ def store_ops(
             )
         conn.executemany(_INSERT, rows)
         conn.executemany(ADD_KEY, [(row[2], row[3], row[0]) for row in rows])
+        for priority, (count, size) in added.items():
+            growth.add(priority, count, size, count)
     return stored, growth
 
 
@@ -295,7 +298,7 @@ def _newest_ops(
         slot = slots.get((collection, key))
         if slot is None or slot.op.hlc < hlc:
             op = op_from_row((op_id, collection, key, kind, hlc, data, priority))
-            slots[(collection, key)] = _Slot(op, coalescable=not handed_out, seq=seq, size=size)
+            slots[(collection, key)] = _Slot(op, not handed_out, seq, size, None)
     if stale:
         conn.executemany(FORGET_KEY, stale)
     return slots
