@@ -18,7 +18,7 @@ litequeue commits every `put` (batches go inside its `transaction()`), and every
 `done`. The raw baseline is one `INSERT` per transaction (the fsync limit), `executemany` for
 batches and `DELETE ... RETURNING` of 100 rows per transaction. Peers drain a 2,000-op
 sample (their rate is per op, so a longer run only costs time). The outbox's write path
-includes what the others do not do: validation (`encode_valid_op`, the same checks as
+includes what the others do not do: validation (`encode_valid_write`, the same checks as
 `shared.contracts.parse_op`, which still decides and words every refusal), an HLC stamp from
 the persisted clock, coalescing lookups and the bound check. By design the
 outbox fsyncs recorded writes but not claims and acks (leases and acks are soft state: a
@@ -28,44 +28,43 @@ drain pays no fsync while persist-queue and litequeue fsync every get/pop and ac
 
 
 ANALYSIS = """\
-Where the time goes (cProfile, and statement timings, on this machine; see the goals table
-for which goals this run met):
+Where the time goes (statement timings with `process_time`, cProfile, on this machine; see
+the goals table for which goals this run met). The outbox layout is schema version 2
+(`device_agent/db.py`, described in `docs/architecture.md`): the table's seq order is the
+claim order, ops by key live in `outbox_keys`, whose rows acks leave stale, and the totals
+are updated once per statement instead of by per-row triggers.
 
-- **Batched enqueue** is CPU-bound. Each op is now validated and its data JSON-encoded once
-  (`shared.contracts.validation.encode_valid_op`: parse_op's checks and size limit, with the
-  stored text reused; anything unusual, such as a key that needs JSON escapes or an invalid
-  op, goes through `parse_op` itself), stamped from one clock read per batch, built into one
-  `Op` and inserted with positional `executemany`. What is left is mostly SQLite: the same
-  `executemany` into this schema alone (the op table, three indexes, the per-row totals
-  trigger) ran at 63,000-76,000 ops/s in the minute raw sqlite3 ran its one-table insert at
-  over 300,000, and at 96,000-119,000 without the trigger. 100,000 ops/s end to end would
-  need a lighter schema (totals kept per batch instead of per row, fewer indexes), not a
-  faster Python layer.
-- **Durable single enqueue** pays one fsync like the baseline, plus five statements the
-  baseline does not run (clock read and write, the coalescing lookup, the bound check, and
-  the insert touches four b-trees and the totals row) and ~100-200 us of Python on this
-  shared CPU; with `synchronous=OFF` a record measured ~290 us here, the baseline's insert
-  ~50 us. The ratio therefore depends on how slow the fsync is relative to the CPU.
-- **Claim** reads its candidates through the covering index `outbox_claim (priority, seq,
-  size)` and the small `delivery` table (only ops ever handed out have a row there), writes
-  100 small lease rows (one page) and commits without an fsync. Measured alternatives: lease
-  columns in the op row made a claim write ~34 pages instead of 1; an index that starts
-  with the delivery state (status, priority, ...) made SQLite sort the whole backlog
-  (81 ms per claim at 200,000 ops). Decoding the 100 rows now parses their data in one
-  `json.loads` and fills the frozen dataclasses directly (0.89 ms -> 0.28 ms per 100 rows,
-  measured side by side); the candidate query itself is ~0.3 ms, so on this shared CPU the
-  median claim lands close to the 1 ms line, below or above it with the load.
-- **Drain on a large backlog**: an ack deletes each op from the table, three indexes, the
-  delivery row and the totals row. On the 1,000,000-op backlog an ack of 100 ops wrote 130
-  WAL frames (pages), against 51 on a 1,000-op one: `outbox_key (collection, key, hlc)` is
-  ordered by the application's keys, so 100 ops acked in FIFO order land on ~100 different
-  leaf pages, and the 5 interleaved priorities spread them over ~25 table pages. Those
-  pages are also read from outside SQLite's page cache. Measured side by side (interleaved
-  drains of two copies of the backlog): `cache_size` of 8 or 16 MiB changed nothing beyond
-  noise (7,535 / 8,432 / 7,636 ops/s for 2 / 8 / 16 MiB), a 4,000-page
-  `wal_autocheckpoint` gained ~20 %. Closing the gap needs a key index that an ack does
-  not have to touch (for example a key table cleaned up lazily, by key on the next write and
-  in bulk once mostly stale): a schema change not made here.
+- **Drain on a large backlog** now costs what it costs on a small one. Before version 2 an
+  ack of 100 ops on the 1,000,000-op backlog wrote 130 WAL pages against 51 on a 1,000-op
+  one (the key index is in the application's key order, so FIFO acks hit a page per op) and
+  drained at 14,372 vs 21,592 ops/s. Acks no longer touch a key index, and a claimed batch
+  is a run of neighbouring rows, so both sizes drain at ~60,000 ops/s. Per op (~15 us of
+  CPU): the claim's query materialises 12 columns per row (~3 us), decoding them into
+  `PendingOp`s ~2.5 us, the lease rows ~1 us, the ack (`DELETE ... RETURNING`, its totals
+  and its transaction) ~5 us. persist-queue pays two fsyncs per op instead.
+- **Durable single enqueue** is not fsync-bound on this machine: the baseline's commit takes
+  ~300 us, of which ~125 us is CPU in the kernel's fsync path, and the outbox adds ~160 us
+  of CPU per write. With `synchronous=OFF` a record costs ~120 us here against ~20 us for the
+  baseline: ~85 us of SQLite (`COMMIT` of 4 pages 31 us, `BEGIN` 11, the coalescing lookup
+  11, the insert into the table and the op_id index 11.5, the totals update 8.4, the
+  outbox_keys row 6.9, the totals read 6.8, `PRAGMA data_version` for the cached clock 4.3)
+  and ~35 us of Python (validation, the stamp, coalescing bookkeeping). Measured: the number
+  of pages a commit writes hardly matters (4 tables vs 1: +14 us of CPU, same wall time),
+  the statements do. Version 2 removed two statements per write (the clock's read, now
+  cached per connection, and its own row, now a column of the totals row) and the per-row
+  triggers. Reaching 0.8x here would need a record of about two statements; on a device
+  whose fsync takes milliseconds (an SD card) the same ~160 us would be under 10 %.
+- **Batched enqueue** is CPU-bound at ~18 us per op: ~7 us in SQLite (the insert into the
+  table and its op_id index 2.8, the outbox_keys row 1.8, the coalescing lookup 1.2, the
+  commit 1.2) and ~11 us of Python per op (validation and JSON 3.8, coalescing bookkeeping
+  3.6, preparing the write 2.5, op ids, stamps and `Op` objects 2.3), where the raw
+  baseline's `executemany` of a two-column row costs ~2.2 us. Validation (the same checks as
+  `parse_op`, which still decides and words every refusal) now runs on C-level passes and
+  one compact-JSON encoder per thread; what remains is per-op Python that a correct write
+  needs. 100,000 ops/s would need the Python half gone.
+- **Claim** walks the table in seq order with the small `delivery` table joined (only ops
+  ever handed out have a row there), writes 100 small lease rows and commits without an
+  fsync; the median claim stays under 1 ms on the 1,000,000-op backlog.
 """
 
 
