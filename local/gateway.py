@@ -8,6 +8,7 @@ answered only to loopback clients).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import sys
@@ -62,9 +63,24 @@ class Gateway:
             local = self.config.local_routes.get((request.method, request.path))
             if local is not None:
                 return self._local(local, request)
-            return self._invoke(request)
+            return self._compressed(self._invoke(request), request)
         except Refusal as refusal:
             return render_refusal(refusal, self.config.api.gateway_responses, request.request_id)
+
+    def _compressed(self, response: Response, request: HttpRequest) -> Response:
+        """The response gzipped, as API Gateway does for a client that accepts gzip when the
+        body reaches the API's MinimumCompressionSize."""
+        threshold = self.config.api.minimum_compression_size
+        accepted = (request.header("Accept-Encoding") or "").lower()
+        if (
+            threshold is None
+            or len(response.body) < threshold
+            or "gzip" not in accepted
+            or any(name.lower() == "content-encoding" for name, _ in response.headers)
+        ):
+            return response
+        headers = [*response.headers, ("Content-Encoding", "gzip")]
+        return Response(response.status, headers, gzip.compress(response.body, mtime=0))
 
     def limits(self, function: Optional[str] = None) -> tuple[int, int]:
         """(max ops, max bytes) of a batch: the function's environment, else the stack's."""

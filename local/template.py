@@ -71,6 +71,9 @@ class ApiSpec:
     binary_media_types: tuple[str, ...]
     gateway_responses: dict[str, GatewayResponse]
     stage: Any  # the Stage's StageName, possibly an intrinsic
+    # Responses of at least this many bytes are gzipped for clients that accept it (None:
+    # never), as the REST API's MinimumCompressionSize does.
+    minimum_compression_size: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -282,9 +285,16 @@ def _apis(
                     ).items()
                 },
                 stage=stages.get(name, "local"),
+                minimum_compression_size=_optional_int(
+                    resource["Properties"].get("MinimumCompressionSize")
+                ),
             )
         )
     return apis
+
+
+def _optional_int(value: Any) -> Optional[int]:
+    return None if value is None else int(value)
 
 
 def _routes(body: dict[str, Any], functions: dict[str, FunctionSpec]) -> list[Route]:

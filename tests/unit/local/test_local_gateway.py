@@ -13,13 +13,13 @@ from local.gateway import Gateway, GatewayConfig
 from local.template import ApiSpec, FunctionSpec, Route
 
 
-def _gateway(seen: list[dict[str, Any]]) -> Gateway:
+def _gateway(seen: list[dict[str, Any]], answer: str = "{}") -> Gateway:
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         seen.append(event)
-        return {"statusCode": 200, "body": "{}"}
+        return {"statusCode": 200, "body": answer}
 
     spec = FunctionSpec("Fn", Path("."), "handler.lambda_handler", {}, 3, 128)
-    api = ApiSpec("Api", (Route("POST", "/v1/batches", "Fn", None),), {}, (), {}, "test")
+    api = ApiSpec("Api", (Route("POST", "/v1/batches", "Fn", None),), {}, (), {}, "test", 1024)
     return Gateway(
         GatewayConfig(
             api=api,
@@ -132,3 +132,19 @@ def test_a_client_gone_before_the_answer_is_no_traceback(capsys: Any) -> None:
         server.server_close()
 
     assert capsys.readouterr().err == ""
+
+
+def test_a_large_answer_is_gzipped_for_a_client_that_accepts_gzip() -> None:
+    answer = json.dumps({"results": [{"op_id": f"op-{i}", "status": "applied"} for i in range(50)]})
+    accepts = [("Accept-Encoding", "gzip, deflate")]
+
+    zipped = _gateway([], answer).handle(_request("/v1/batches", headers=accepts))
+    plain = _gateway([], answer).handle(_request("/v1/batches"))
+    small = _gateway([], "{}").handle(_request("/v1/batches", headers=accepts))
+
+    # Like API Gateway with MinimumCompressionSize 1024: gzip at or above it, if accepted.
+    assert ("Content-Encoding", "gzip") in zipped.headers
+    assert gzip.decompress(zipped.body).decode() == answer
+    assert len(zipped.body) < len(answer) // 3
+    assert plain.body.decode() == answer and ("Content-Encoding", "gzip") not in plain.headers
+    assert small.body == b"{}" and ("Content-Encoding", "gzip") not in small.headers

@@ -29,6 +29,7 @@ def test_routes_come_from_the_translated_api_with_their_authorizer() -> None:
         0,
     )
     assert api.binary_media_types == ("application/octet-stream",)
+    assert api.minimum_compression_size == 1024  # MinimumCompressionSize
     assert api.gateway_responses["UNAUTHORIZED"].status == 401
 
 
