@@ -169,10 +169,20 @@ def _status_table(devices: list[Device]) -> str:
         rows.append([
             device.name, status.get("connectivity"), status.get("pending"),
             depth.get("critical", 0), depth.get("background", 0), status.get("quarantined"),
-            (status.get("last_error") or "-")[:40],
+            _current_error(status)[:40],
         ])  # fmt: skip
     headers = ["device", "state", "pending", "critical", "background", "quarantined", "last error"]
     return _table(headers, rows)
+
+
+def _current_error(status: dict[str, Any]) -> str:
+    """The last error, unless a sync has succeeded since (then it is history: "-")."""
+    error, at, success = (status.get(k) for k in ("last_error", "last_error_at", "last_success_at"))
+    if not error or (
+        isinstance(at, (int, float)) and isinstance(success, (int, float)) and success > at
+    ):
+        return "-"
+    return str(error)
 
 
 def _documents_table(devices: list[Device]) -> tuple[str, bool]:
