@@ -46,7 +46,7 @@ _SETTLED = ("auth", "timeout", "stopped")
 # format of shared/dal/devices.py, restated here: the agent does not import the DAL).
 _TOKEN_PREFIX = "fs1"  # noqa: S105 - a format marker, not a secret
 _TOKEN_SECRET_MIN_CHARS = 43
-_NODE_RE = re.compile(rf"^{NODE_PATTERN}$")
+_NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")  # \Z: $ allows a final newline
 
 
 def token_device_id(token: str) -> Optional[str]:

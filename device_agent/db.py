@@ -364,8 +364,7 @@ class _Transaction:
         conn = self._conn
         try:
             if error is not None:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._roll_back()
                 if (
                     isinstance(error, sqlite3.OperationalError)
                     or type(error) is sqlite3.DatabaseError
@@ -375,11 +374,18 @@ class _Transaction:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._roll_back()
                 raise _translate(exc, database_path(conn)) from exc
         finally:
             self._restore_level()
+
+    def _roll_back(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        if isinstance(self._conn, DeviceConnection):
+            # The clock copy may hold state of the rolled-back transaction (a clock set back,
+            # stamps never committed), and data_version does not change for our own rollback.
+            self._conn.clock = None
 
     def _set_level(self) -> None:
         """Commit this transaction at the connection's level, or without fsync (NORMAL) if
@@ -391,7 +397,7 @@ class _Transaction:
         retry time makes the agent send an op again, which the protocol makes harmless (ops
         are idempotent by HLC); losing a recorded write would not be, so `record` never
         relaxes. A DeviceConnection stays at the level its last transaction needed, so a
-        run of relaxed transactions (a drain: claim, ack, claim, ...) switches only once.
+        run of relaxed transactions switches only once.
         """
         conn = self._conn
         configured = getattr(conn, "synchronous_level", None)

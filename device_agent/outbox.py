@@ -262,9 +262,10 @@ class Outbox:
         Their outbox_keys rows are left stale rather than deleted: the acked ops' keys are
         spread over the whole table, so deleting them would touch a page per op on a large
         backlog, and a stale row costs nothing but space (readers skip it). They all go when
-        the outbox empties, and in one sweep once they outnumber the live ops (and
-        SWEEP_STALE_KEYS_ABOVE), which keeps the table within twice the backlog and costs
-        each removal a bounded share of a sweep.
+        the outbox empties, and in one sweep once the removals counted since the last sweep
+        (`stale_keys`, an upper bound: a write on a key also deletes its stale rows)
+        outnumber the live ops and SWEEP_STALE_KEYS_ABOVE. That keeps the table within about
+        twice the backlog and costs each removal a bounded share of a sweep.
         """
         params = {"ids": json.dumps(op_ids)}
         if HAS_RETURNING:

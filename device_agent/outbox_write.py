@@ -26,26 +26,20 @@ from shared.contracts.validation import Problem
 # The keys, quotes and punctuation of an op's wire form, plus its HLC: sizes are approximate.
 WIRE_OVERHEAD = 160
 
-# Every op on the given keys, through outbox_keys. A stale row (its op is gone, or its seq now
-# belongs to another key's op) comes back with a NULL op_id.
+# Every op on the given keys, through outbox_keys. A stale row (its op is gone) comes back
+# with a NULL op_id.
 _ON_KEYS = """
     SELECT k.collection, k.key, k.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
-           EXISTS (SELECT 1 FROM delivery AS d WHERE d.seq = o.seq), o.size
-      FROM {source}
-      JOIN outbox_keys AS k ON {match}
+           EXISTS (SELECT 1 FROM delivery AS d WHERE d.seq = o.seq), o.size, o.enqueued_at
+      FROM {keys}
       LEFT JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key
 """
 _ON_MANY_KEYS = _ON_KEYS.format(
-    source="json_each(:keys) AS j",
-    match="k.collection = json_extract(j.value, '$[0]') AND k.key = json_extract(j.value, '$[1]')",
+    keys="json_each(:keys) AS j JOIN outbox_keys AS k ON k.collection = "
+    "json_extract(j.value, '$[0]') AND k.key = json_extract(j.value, '$[1]')"
 )
-_ON_ONE_KEY = """
-    SELECT k.collection, k.key, k.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
-           EXISTS (SELECT 1 FROM delivery AS d WHERE d.seq = o.seq), o.size
-      FROM outbox_keys AS k
-      LEFT JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key
-     WHERE k.collection = ? AND k.key = ?
-"""
+# A single write (`record`): a plain primary-key lookup, no JSON array to walk.
+_ON_ONE_KEY = _ON_KEYS.format(keys="outbox_keys AS k") + " WHERE k.collection = ? AND k.key = ?"
 _INSERT = (
     "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
     "enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -140,17 +134,26 @@ _LOW_48 = (1 << 48) - 1
 class _Slot:
     """The newest op on one key while a batch is being stored."""
 
-    __slots__ = ("coalescable", "index", "op", "priority", "seq", "size")
+    __slots__ = ("coalescable", "index", "op", "priority", "seq", "since", "size")
 
     def __init__(
-        self, op: Op, coalescable: bool, seq: Optional[int], size: int, index: Optional[int]
+        self,
+        op: Op,
+        coalescable: bool,
+        seq: Optional[int],
+        size: int,
+        index: Optional[int],
+        *,
+        since: Optional[float] = None,
     ):
         self.op = op
         self.coalescable = coalescable
-        # An existing row: its seq and its share of the totals, taken back if it is rewritten.
+        # An existing row: its seq, its share of the totals (taken back if it is rewritten)
+        # and when it was enqueued (kept if it moves).
         self.seq = seq
         self.priority = int(op.priority)
         self.size = size
+        self.since = since
         self.index = index  # a new op: its place among this batch's inserts
 
 
@@ -198,6 +201,7 @@ def store_ops(
     inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]] = []
     updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
     moved: list[_Slot] = []  # existing rows whose merged op goes to another priority
+    enqueued: dict[int, float] = {}  # enqueue times of moved ops, by place in inserts
     stored: list[Op] = []
     for position, op in enumerate(ops):
         where = (op.collection, op.key)
@@ -223,22 +227,18 @@ def store_ops(
             moved.append(slot)
             slot.index = len(inserts)
             inserts.append((merged, None))
+            if slot.since is not None:
+                enqueued[slot.index] = slot.since  # still waiting since the first write
     growth = Growth()
     _rewrite(conn, updated, moved, growth)
     if inserts:
         rows = []
-        added: dict[int, list[int]] = {}  # [ops, bytes] per priority
-        for op, known in inserts:
+        for place, (op, known) in enumerate(inserts):
             data, size = encode(op) if known is None else known
             priority = int(op.priority)
             seq = next_seqs[priority]
             next_seqs[priority] = seq + 1
-            entry = added.get(priority)
-            if entry is None:
-                added[priority] = [1, size]
-            else:
-                entry[0] += 1
-                entry[1] += size
+            growth.add(priority, 1, size, 1)
             rows.append(
                 (
                     seq,
@@ -250,13 +250,11 @@ def store_ops(
                     data,
                     priority,
                     size,
-                    now,
+                    enqueued.get(place, now),
                 )
             )
         conn.executemany(_INSERT, rows)
         conn.executemany(ADD_KEY, [(row[2], row[3], row[0]) for row in rows])
-        for priority, (count, size) in added.items():
-            growth.add(priority, count, size, count)
     return stored, growth
 
 
@@ -285,20 +283,19 @@ def _newest_ops(
 ) -> dict[tuple[str, str], _Slot]:
     """The newest live op on each key; deletes the keys' stale outbox_keys rows."""
     if len(keys) == 1:
-        # A single write (`record`): a plain primary-key lookup, no JSON array to walk.
         rows = conn.execute(_ON_ONE_KEY, next(iter(keys))).fetchall()
     else:
         rows = conn.execute(_ON_MANY_KEYS, {"keys": json.dumps(sorted(keys))}).fetchall()
     slots: dict[tuple[str, str], _Slot] = {}
     stale = []
-    for collection, key, seq, op_id, kind, hlc, data, priority, handed_out, size in rows:
+    for collection, key, seq, op_id, kind, hlc, data, priority, handed_out, size, since in rows:
         if op_id is None:
             stale.append((collection, key, seq))
             continue
         slot = slots.get((collection, key))
         if slot is None or slot.op.hlc < hlc:
             op = op_from_row((op_id, collection, key, kind, hlc, data, priority))
-            slots[(collection, key)] = _Slot(op, not handed_out, seq, size, None)
+            slots[(collection, key)] = _Slot(op, not handed_out, seq, size, None, since=since)
     if stale:
         conn.executemany(FORGET_KEY, stale)
     return slots

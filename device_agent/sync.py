@@ -303,8 +303,11 @@ class SyncEngine:
         ]
         give_up = [p for p in ahead if p not in retry_now]
         with transaction(self.state.conn):
-            self.state.restamp_clock(str(server_time))
             if retry_now:
+                # The clock goes back only together with the re-stamp: set back alone, it
+                # would stamp new writes below the pending ops still ahead, which would then
+                # win over them.
+                self.state.restamp_clock(str(server_time))
                 ids = [p.op.op_id for p in retry_now]
                 restamped = self.outbox.restamp(ids)
                 for op_id in ids:

@@ -71,11 +71,10 @@ class Gateway:
         """The response gzipped, as API Gateway does for a client that accepts gzip when the
         body reaches the API's MinimumCompressionSize."""
         threshold = self.config.api.minimum_compression_size
-        accepted = (request.header("Accept-Encoding") or "").lower()
         if (
             threshold is None
             or len(response.body) < threshold
-            or "gzip" not in accepted
+            or not _accepts_gzip(request.header("Accept-Encoding") or "")
             or any(name.lower() == "content-encoding" for name, _ in response.headers)
         ):
             return response
@@ -149,6 +148,19 @@ class Gateway:
             )
             raise Refusal("BAD_GATEWAY", "Internal server error") from exc
         return lambda_response(result)
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip (`gzip;q=0` refuses it)."""
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "*"):
+            quality = params.strip().removeprefix("q=").strip() if "q=" in params else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _positive(value: Optional[str], default: int) -> int:

@@ -97,7 +97,7 @@ def _path_regex(template: str) -> re.Pattern[str]:
             pattern += f"(?P<{group}>.+)" if greedy else f"(?P<{group}>[^/]+)"
         else:
             pattern += re.escape(part)
-    return re.compile(f"^{pattern}$")
+    return re.compile(f"^{pattern}\\Z")
 
 
 def decode_body(

@@ -294,7 +294,10 @@ def _apis(
 
 
 def _optional_int(value: Any) -> Optional[int]:
-    return None if value is None else int(value)
+    """An integer property, or None when absent or not a plain number (an intrinsic)."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return int(value)
+    return None
 
 
 def _routes(body: dict[str, Any], functions: dict[str, FunctionSpec]) -> list[Route]:

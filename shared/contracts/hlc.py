@@ -19,8 +19,9 @@ MAX_PHYSICAL_MS = 10**PHYSICAL_DIGITS - 1
 MAX_LOGICAL = 10**LOGICAL_DIGITS - 1
 NODE_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
 
-_HLC_RE = re.compile(rf"^(\d{{{PHYSICAL_DIGITS}}})-(\d{{{LOGICAL_DIGITS}}})-({NODE_PATTERN})$")
-_NODE_RE = re.compile(rf"^{NODE_PATTERN}$")
+# \Z, not $: "$" also matches before a trailing newline.
+_HLC_RE = re.compile(rf"^(\d{{{PHYSICAL_DIGITS}}})-(\d{{{LOGICAL_DIGITS}}})-({NODE_PATTERN})\Z")
+_NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")
 
 
 class InvalidTimestamp(ValueError):

@@ -18,6 +18,20 @@ def _compact_encoder() -> Callable[[Any], str]:
     base = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if c_make_encoder is None:
         return base.encode
+    fast = _fast_encoder(base)
+    return fast if _encodes_like(fast, base.encode) else base.encode
+
+
+def _encodes_like(fast: Callable[[Any], str], reference: Callable[[Any], str]) -> bool:
+    """Whether the C encoder, a private interface, still behaves as this module expects."""
+    sample = {"a": [1, 2.5, "é\n", None, True, {"b": {}}], "c": -0.0}
+    try:
+        return fast(sample) == reference(sample)
+    except Exception:  # e.g. a changed signature: TypeError
+        return False
+
+
+def _fast_encoder(base: json.JSONEncoder) -> Callable[[Any], str]:
     # What `base.encode` does for a dict or list, minus building the encoder on every call
     # (most of the cost for a small document): one encoder per thread, since its table of
     # the containers being encoded (a cycle is a ValueError) must not be shared.

@@ -27,8 +27,9 @@ from shared.contracts.model import (
     encoded_size,
 )
 
-_COLLECTION_RE = re.compile(rf"^{limits.COLLECTION_PATTERN}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# \Z, not $: "$" also matches before a trailing newline.
+_COLLECTION_RE = re.compile(rf"^{limits.COLLECTION_PATTERN}\Z")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 # Unicode category Cc is exactly these two ranges; a regex scan is far cheaper per key than
 # asking unicodedata about every character (validation runs on every op a device records).
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -112,7 +113,9 @@ def check_data(value: Any, path: str, *, allow_null_fields: bool) -> list[Proble
         return [Problem(path, f"must be a JSON object, got {_describe(value)}")]
     problems: list[Problem] = []
     for name, field_value in value.items():
-        if not 1 <= len(name) <= limits.MAX_FIELD_NAME_CHARS:
+        if not isinstance(name, str):
+            problems.append(Problem(f"{path}.{name!r}", "field names must be strings"))
+        elif not 1 <= len(name) <= limits.MAX_FIELD_NAME_CHARS:
             problems.append(
                 Problem(f"{path}.{name[:32]!r}", "field names must be 1-128 characters long")
             )
@@ -130,9 +133,17 @@ def check_data(value: Any, path: str, *, allow_null_fields: bool) -> list[Proble
     return problems
 
 
+# More dicts and lists than this cannot fit in an op (each takes at least 2 bytes): a
+# structure that has them (a cycle, or one list referenced again and again) is refused
+# without being walked whole.
+_MAX_CONTAINERS = limits.MAX_OP_BYTES // 2
+
+
 def _too_deep(value: Any) -> bool:
-    """True if `value` nests dicts/lists deeper than the store accepts (checked iteratively)."""
+    """True if `value` nests dicts/lists deeper than the store accepts (checked iteratively),
+    or holds more of them than an op can."""
     level: list[Any] = [value]
+    seen = 1
     for _ in range(limits.MAX_NESTING_DEPTH):
         children: list[Any] = []
         for item in level:
@@ -142,6 +153,9 @@ def _too_deep(value: Any) -> bool:
                 children.extend(v for v in item if isinstance(v, (dict, list)))
         if not children:
             return False
+        seen += len(children)
+        if seen > _MAX_CONTAINERS:
+            return True
         level = children
     return True
 
@@ -287,7 +301,8 @@ def encode_valid_write(
             # which names the problem.
             text = compact_json(data)
             "".join(data)  # every field name is a string (JSON would turn 1 into "1")
-        except (TypeError, ValueError, RecursionError):
+            data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
+        except (TypeError, ValueError, RecursionError):  # incl. a lone surrogate's encoding
             return None
         if data and (min(map(len, data)) < 1 or max(map(len, data)) > limits.MAX_FIELD_NAME_CHARS):
             return None
@@ -297,7 +312,6 @@ def encode_valid_write(
             type(value) in (dict, list) and _too_deep(value) for value in data.values()
         ):
             return None
-        data_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
         size += len(kind) + _DATA_FRAME + data_bytes
     else:
         return None

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
 TOKEN_PREFIX = "fs1"  # noqa: S105 - a format marker, not a secret
 TOKEN_SECRET_BYTES = 32
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: $ allows a final newline
 # A device id is also the node id of its HLCs, so it follows the HLC node alphabet.
-DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,30 @@ def test_non_finite_numbers_are_refused_anywhere_in_data(db: Path, data: Any) ->
         assert agent.outbox.depth() == 0  # put_many: all or nothing
 
 
+def _fan_out_cycle() -> list[Any]:
+    looped: list[Any] = []
+    looped.extend([looped] * 8)  # a cycle that branches 8 ways at every level
+    return looped
+
+
+@pytest.mark.parametrize(
+    ("collection", "data", "problem"),
+    [
+        ("prefs", {"a": "\ud800"}, "not JSON"),  # a lone surrogate cannot be UTF-8
+        ("prefs", {1: "v"}, "field names must be strings"),
+        ("prefs\n", {"a": 1}, "collection"),
+        ("prefs", {"a": _fan_out_cycle()}, "nested more than"),
+    ],
+)
+def test_bad_writes_are_refused_with_a_contract_error_naming_the_problem(
+    db: Path, collection: str, data: Any, problem: str
+) -> None:
+    with Agent.open(db) as agent:
+        with pytest.raises(ContractError, match=problem):
+            agent.put(collection, "k", data)
+        assert agent.outbox.depth() == 0
+
+
 @pytest.mark.parametrize("data", NON_FINITE)
 def test_the_encoding_fast_path_does_not_vouch_for_non_finite_numbers(data: Any) -> None:
     checked = encode_valid_op(

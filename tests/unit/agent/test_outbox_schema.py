@@ -508,15 +508,19 @@ def test_quarantine_on_a_large_backlog_leaves_a_stale_row_and_retry_lists_the_op
 def test_a_merge_that_raises_the_priority_is_claimed_first_with_that_priority(
     tmp_path: Path,
 ) -> None:
-    store = open_store(tmp_path / "agent.db", device_id="dev", now=FakeTime())
+    clock = FakeTime()
+    store = open_store(tmp_path / "agent.db", device_id="dev", now=clock)
     first = put(store, "A", Priority.NORMAL, a=1)
     others = [put(store, f"other{i}", Priority.NORMAL) for i in range(30)]
     old_seq = store.outbox.get(first.op_id).seq
+    clock.value += 60
 
     patch = store.outbox.record("items", "A", OpKind.PATCH, {"b": 2}, Priority.CRITICAL)
 
     head = store.outbox.claim(limit=1)
     assert [p.op for p in head] == [patch]
+    # It has been waiting since the first write on its key, wherever it moved.
+    assert head[0].enqueued_at == T0
     assert (patch.kind, patch.data, patch.priority) == (
         OpKind.PUT,
         {"a": 1, "b": 2},

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from device_agent.state import Connectivity, SyncStats
+from device_agent.db import open_database, transaction
+from device_agent.state import AgentState, Connectivity, SyncStats
 from shared.contracts import parse_hlc
 from shared.contracts.hlc import format_hlc
 from tests.support.agent_store import open_store
@@ -136,3 +139,17 @@ def test_sync_stats_start_empty_and_update_field_by_field(tmp_path):
 def test_an_unknown_statistic_is_refused(tmp_path):
     with pytest.raises(TypeError, match="unknown sync statistics"):
         open_store(tmp_path / "a.db").state.update_stats(speed=1)
+
+
+def test_a_rolled_back_clock_change_does_not_outlive_its_transaction(tmp_path: Path) -> None:
+    # Given a clock that has stamped at its wall time
+    conn = open_database(tmp_path / "agent.db")
+    state = AgentState(conn, now_ms=lambda: 1_700_000_000_000)
+    first = state.stamp()
+    # When a transaction sets the clock back a long way, stamps from it, then fails
+    with pytest.raises(RuntimeError), transaction(conn):
+        state.restamp_clock(format_hlc(1_600_000_000_000, 0, "server"))
+        state.stamp()
+        raise RuntimeError("disk gone")
+    # Then the next stamp follows the committed clock, not the rolled-back one
+    assert state.stamp() > first

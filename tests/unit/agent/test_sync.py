@@ -395,3 +395,20 @@ def test_a_sync_that_runs_out_of_time_stops_between_batches_and_keeps_the_rest(
     assert 1 <= sent < 8
     status = agent.status()
     assert status["pending"] == 8 - sent and status["in_flight"] == 0
+
+
+def test_giving_up_on_a_clock_ahead_op_leaves_the_clock_where_it_was(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a cloud an hour behind that refuses one op as clock_ahead, and no re-stamps left
+    server.now_ms = lambda: time.time_ns() // 1_000_000 - 3_600_000
+    agent = rig.agent(max_attempts=1, sync_config=SyncConfig(max_restamps=0))
+    stubborn = agent.put("prefs", "a", {"n": 1})
+    server.force(stubborn, "rejected", "clock_ahead")
+    summary = agent.sync(timeout=10)
+    assert summary.deferred == 1 and summary.restamped == 0
+    # When the device records a newer write
+    newer = agent.put("prefs", "b", {"n": 2})
+    # Then it is stamped after the op still pending (a clock set back alone would stamp it an
+    # hour earlier, and the pending op would win over it)
+    assert agent.outbox.get(newer).op.hlc > agent.outbox.get(stubborn).op.hlc

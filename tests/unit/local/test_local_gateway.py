@@ -141,6 +141,9 @@ def test_a_large_answer_is_gzipped_for_a_client_that_accepts_gzip() -> None:
     zipped = _gateway([], answer).handle(_request("/v1/batches", headers=accepts))
     plain = _gateway([], answer).handle(_request("/v1/batches"))
     small = _gateway([], "{}").handle(_request("/v1/batches", headers=accepts))
+    refused = _gateway([], answer).handle(
+        _request("/v1/batches", headers=[("Accept-Encoding", "gzip;q=0, identity")])
+    )
 
     # Like API Gateway with MinimumCompressionSize 1024: gzip at or above it, if accepted.
     assert ("Content-Encoding", "gzip") in zipped.headers
@@ -148,3 +151,4 @@ def test_a_large_answer_is_gzipped_for_a_client_that_accepts_gzip() -> None:
     assert len(zipped.body) < len(answer) // 3
     assert plain.body.decode() == answer and ("Content-Encoding", "gzip") not in plain.headers
     assert small.body == b"{}" and ("Content-Encoding", "gzip") not in small.headers
+    assert refused.body.decode() == answer  # gzip;q=0 means "not gzip"
