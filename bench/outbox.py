@@ -339,9 +339,22 @@ CHILDREN: dict[str, Callable[[Path, dict[str, int]], dict[str, Any]]] = {
 }
 
 
+# Each subject's batch and drain figures are the median of this many runs, each on fresh
+# files: on a shared 2-core machine one run can lose a third of its speed to a neighbour.
+REPEATS = 3
+
+
 def _child(subject: str, quick: bool) -> None:
+    repeats = REPEATS if subject in SUBJECTS else 1  # the backlog and single runs: once
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as folder:
-        result: dict[str, Any] = dict(CHILDREN[subject](Path(folder), sizes(quick)))
+        runs = []
+        for run in range(repeats):
+            place = Path(folder) / f"run{run}"
+            place.mkdir()
+            runs.append(CHILDREN[subject](place, sizes(quick)))
+    result: dict[str, Any] = {
+        name: statistics.median(run[name] for run in runs) for name in runs[0]
+    }
     # ru_maxrss is KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["peak_rss_mib"] = peak / (1024 * 1024 if sys.platform == "darwin" else 1024)

@@ -10,7 +10,8 @@ NOTES = """\
 How each subject is driven (same machine, same run, WAL, synchronous=FULL for all, one fresh
 file each). Durable single enqueues of all four run interleaved, in ten rounds in one
 process, so they share the disk's mood; the rest runs in one child process per subject (its
-peak RSS is its own). The outbox records one write per transaction, or
+peak RSS is its own), and each subject's batch and drain figures are the median of three
+runs on fresh files. The outbox records one write per transaction, or
 1,000 per `record_many`, and drains with `claim(limit=100)` + `ack` (two transactions per 100
 ops). persist-queue's `SQLiteAckQueue` commits every `put`, `get` and `ack` (it refuses
 `auto_commit=False`), so it has no batched figure and drains one op per two commits.
