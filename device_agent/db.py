@@ -133,6 +133,8 @@ MIGRATIONS: list[list[str]] = [
         # walking the table by rowid visits the ops in claim order (most urgent first, FIFO
         # within a priority) with no index to keep, and a claimed batch is a run of
         # neighbouring rows. A counter never goes back, so a seq is never reused.
+        # The CHECK keeps seq and priority in step, and refuses the writes of an agent of
+        # version 1 still running after the migration (its inserts let SQLite pick the seq).
         """CREATE TABLE outbox_v2 (
              seq         INTEGER PRIMARY KEY,
              op_id       TEXT NOT NULL UNIQUE,
@@ -143,7 +145,8 @@ MIGRATIONS: list[list[str]] = [
              data        TEXT,
              priority    INTEGER NOT NULL,
              size        INTEGER NOT NULL,
-             enqueued_at REAL NOT NULL
+             enqueued_at REAL NOT NULL,
+             CHECK (seq >> 48 = priority)
            )""",
         """INSERT INTO outbox_v2 (seq, op_id, collection, key, kind, hlc, data, priority, size,
                                   enqueued_at)

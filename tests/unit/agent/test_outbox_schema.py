@@ -224,6 +224,26 @@ def test_a_version_1_database_is_migrated_with_its_ops_leases_totals_and_keys(
     assert (stats.in_flight, stats.quarantined) == (7, 1)
 
 
+def test_a_version_1_agent_still_running_after_the_migration_cannot_write(
+    tmp_path: Path,
+) -> None:
+    # Given a v1 database migrated by a new agent while an old one keeps its connection
+    path = tmp_path / "agent.db"
+    build_v1_database(path)
+    old = sqlite3.connect(str(path), isolation_level=None)
+    open_database(path).close()
+    # When the old agent records a write the v1 way (SQLite picks the seq)
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+        old.execute(
+            "INSERT INTO outbox (op_id, collection, key, kind, hlc, data, priority, size, "
+            "enqueued_at) VALUES ('old', 'items', 'k', 'put', ?, '{}', 2, 10, 0)",
+            (format_hlc(V1_MS, 99, V1_NODE),),
+        )
+    # Then it is refused loudly and nothing is stored behind the totals' back
+    assert totals(old) == counted(old)
+    old.close()
+
+
 def test_writes_after_the_migration_get_larger_seqs_in_their_band_and_coalesce(
     tmp_path: Path,
 ) -> None:
