@@ -329,8 +329,10 @@ def transaction(conn: sqlite3.Connection, *, durable: bool = True) -> _Transacti
     """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
 
     `durable=False` is for soft state whose loss on a power cut only means work is redone
-    (leases, acks, retry times, statistics): see `_Transaction._relax`. Inside a transaction
-    already, the block joins it and the outer transaction decides durability. SQLite errors
+    (leases, acks, retry times, statistics): see `_Transaction._set_level`. Inside a
+    transaction already, the block joins it and the outer transaction decides durability; a
+    joined block that raises is undone only when the outer one rolls back, so do not catch
+    its error inside the outer block and commit. SQLite errors
     that mean the database is unusable (locked, corrupt, disk full) become DatabaseError; the
     transaction is rolled back on any exception.
     """
