@@ -7,8 +7,9 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import pytest
 from hypothesis import given
@@ -21,6 +22,7 @@ from device_agent.testing import FaultTransport
 from device_agent.transport import HttpTransport, Transport
 from device_agent.worker import Worker, default_probe_backoff
 from tests.support.protocol_server import ProtocolServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.agent
 TOKEN = "reconnect-token"
@@ -31,14 +33,6 @@ class Highest(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(step)
 
 
 @pytest.fixture
@@ -82,10 +76,26 @@ class OfflineLink:
         return min(t for t in self.transport.times("push") if t >= at)
 
 
-def run_worker(worker: Worker) -> threading.Thread:
+@contextmanager
+def offline_worker(db: Path, link: OfflineLink, **options: Any) -> Iterator[Worker]:
+    """A worker syncing `db` through `link`, running in a thread while the block runs; its
+    random draws are always the longest allowed, and it pulls only once."""
+    agent_options = {"transport_factory": link, **options.pop("agent_options", {})}
+    worker = Worker(
+        db,
+        poll_interval_s=0.05,
+        pull_interval_s=3600,
+        rng=Highest(),
+        agent_options=agent_options,
+        **options,
+    )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(5)
 
 
 # -- the rules, without a network -------------------------------------------------------
@@ -140,25 +150,12 @@ def test_a_reconnect_found_by_a_late_probe_syncs_at_once(db: Path, server: Proto
     # Given an offline worker whose probes are 1.2 s apart, longer than its 1 s window, and
     # whose random draws are always the longest allowed
     link = OfflineLink()
-    worker = Worker(
-        db,
-        poll_interval_s=0.05,
-        pull_interval_s=3600,
-        reconnect_window_s=1.0,
-        probe_backoff=ConstantBackoff(1.2),
-        rng=Highest(),
-        agent_options={"transport_factory": link},
-    )
-    thread = run_worker(worker)
-    try:
+    with offline_worker(db, link, reconnect_window_s=1.0, probe_backoff=ConstantBackoff(1.2)):
         wait_for(lambda: link.probes() >= 1, timeout=5)
         # When the link comes back
         assert link.transport is not None
         link.transport.heal()
         wait_for(lambda: server.document("prefs", "u1") is not None, timeout=5)
-    finally:
-        worker.stop()
-        thread.join(5)
     # Then the probe gap already used up the window: the push follows the probe at once
     # (the worker before issue 6 waited its whole reconnect window, 1 s, on top)
     found_at = link.found_at()
@@ -168,26 +165,18 @@ def test_a_reconnect_found_by_a_late_probe_syncs_at_once(db: Path, server: Proto
 def test_a_probe_answered_slowly_gets_the_whole_window(db: Path, server: ProtocolServer) -> None:
     # Given an offline worker that treats a probe slower than 0.1 s as held by the dead link
     link = OfflineLink()
-    worker = Worker(
+    with offline_worker(
         db,
-        poll_interval_s=0.05,
-        pull_interval_s=3600,
+        link,
         reconnect_window_s=0.8,
         quick_probe_s=0.1,
         probe_backoff=ConstantBackoff(1.2),
-        rng=Highest(),
-        agent_options={"transport_factory": link},
-    )
-    thread = run_worker(worker)
-    try:
+    ):
         wait_for(lambda: link.probes() >= 1, timeout=5)
         # When the link comes back but the answer takes 0.3 s (released with everyone else's)
         assert link.transport is not None
         link.transport.heal().add_latency(0.3)
         wait_for(lambda: server.document("prefs", "u1") is not None, timeout=10)
-    finally:
-        worker.stop()
-        thread.join(5)
     # Then the reconnect delay is the whole window, counted from the probe's answer (the
     # push is recorded after its own 0.3 s of latency); a quick probe 1.2 s after the
     # previous one would have pushed at once
@@ -202,17 +191,13 @@ def test_a_link_up_event_heard_by_every_device_gets_the_whole_window(
     # something that hears link-up events (an OS network callback)
     link = OfflineLink()
     monitor = NetworkMonitor()
-    worker = Worker(
+    with offline_worker(
         db,
-        poll_interval_s=0.05,
-        pull_interval_s=3600,
+        link,
         reconnect_window_s=0.8,
         probe_backoff=ConstantBackoff(60.0),
-        rng=Highest(),
-        agent_options={"transport_factory": link, "monitor": monitor},
-    )
-    thread = run_worker(worker)
-    try:
+        agent_options={"monitor": monitor},
+    ):
         # (its first round found the link down)
         wait_for(lambda: monitor.state is Connectivity.OFFLINE, timeout=5)
         assert link.transport is not None
@@ -221,9 +206,6 @@ def test_a_link_up_event_heard_by_every_device_gets_the_whole_window(
         event_at = time.monotonic()
         monitor.set_state(Connectivity.ONLINE, "link up")
         wait_for(lambda: server.document("prefs", "u1") is not None, timeout=5)
-    finally:
-        worker.stop()
-        thread.join(5)
     # Then the worker syncs without waiting for its probe, after its whole reconnect window
     push_at = link.first_push_after(event_at)
     assert 0.8 - 0.05 <= push_at - event_at < 0.8 + 1.0
@@ -235,18 +217,13 @@ def test_after_a_black_hole_a_quick_probe_still_gets_the_whole_window(
 ) -> None:
     # Given a link that black-holes requests: each hangs 0.3 s, then times out
     link = OfflineLink()
-    worker = Worker(
+    with offline_worker(
         db,
-        poll_interval_s=0.05,
-        pull_interval_s=3600,
+        link,
         reconnect_window_s=0.8,
         quick_probe_s=0.1,
         probe_backoff=ConstantBackoff(0.5),
-        rng=Highest(),
-        agent_options={"transport_factory": link},
-    )
-    thread = run_worker(worker)
-    try:
+    ):
         wait_for(lambda: link.transport is not None, timeout=5)
         assert link.transport is not None
         link.transport.set_offline(False).time_out_next(1000, after_s=0.3)
@@ -254,9 +231,6 @@ def test_after_a_black_hole_a_quick_probe_still_gets_the_whole_window(
         # When the link comes back and the next probe is answered at once
         link.transport.heal()
         wait_for(lambda: server.document("prefs", "u1") is not None, timeout=5)
-    finally:
-        worker.stop()
-        thread.join(5)
     # Then the answer is not taken as this device's own discovery (in a black hole it may be
     # a held request released with everyone else's): the whole window, not "at once"
     found_at = link.found_at()

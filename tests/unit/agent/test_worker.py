@@ -23,20 +23,11 @@ from device_agent.transport import HttpTransport, ServerError, Transport
 from device_agent.worker import Worker
 from shared.contracts import Op, OpKind, format_hlc
 from tests.support.protocol_server import ProtocolServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.agent
 TOKEN = "worker-token"
 REPO = Path(__file__).resolve().parents[3]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
-    """Seconds until `condition()` held; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - started
 
 
 @pytest.fixture
