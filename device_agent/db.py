@@ -34,6 +34,11 @@ class DeviceConnection(sqlite3.Connection):
     """
 
     clock: Any = None
+    # Outbox._totals: the outbox_totals rows summed, with the data_version they were read at;
+    # kept up to date by this connection's own changes (Outbox._apply), dropped on rollback.
+    totals: Any = None
+    # PRAGMA data_version as read in the open transaction, None until read (data_version()).
+    version_in_transaction: Optional[int] = None
     # The PRAGMA synchronous level open_database set (durable transactions commit at it), and
     # the level in force now (see _Transaction._set_level).
     synchronous_level: Optional[int] = None
@@ -356,6 +361,8 @@ class _Transaction:
             self._joined = True
             return conn
         self._set_level()
+        if isinstance(conn, DeviceConnection):
+            conn.version_in_transaction = None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -390,7 +397,7 @@ class _Transaction:
         if isinstance(self._conn, DeviceConnection):
             # The clock copy may hold state of the rolled-back transaction (a clock set back,
             # stamps never committed), and data_version does not change for our own rollback.
-            self._conn.clock = None
+            self._conn.clock = self._conn.totals = None
 
     def _set_level(self) -> None:
         """Commit this transaction at the connection's level, or without fsync (NORMAL) if
@@ -424,6 +431,19 @@ class _Transaction:
             # PRAGMA takes no parameters; the level is an integer read back from SQLite.
             self._conn.execute(f"PRAGMA synchronous = {self._restore}")
             self._restore = None
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """`PRAGMA data_version`: it changes when another connection commits to the database.
+
+    On a DeviceConnection inside a transaction it is read once per transaction: no other
+    connection can commit while this one holds the write lock.
+    """
+    if isinstance(conn, DeviceConnection) and conn.in_transaction:
+        if conn.version_in_transaction is None:
+            conn.version_in_transaction = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        return conn.version_in_transaction
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def database_path(conn: sqlite3.Connection) -> str:

@@ -15,9 +15,9 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, NoReturn, Optional, Union
 
-from device_agent.db import transaction
+from device_agent.db import DeviceConnection, data_version, transaction
 from device_agent.errors import NotFound, OutboxFull
 from device_agent.outbox_model import (
     DEFAULT_MAX_BYTES,
@@ -55,7 +55,9 @@ from device_agent.outbox_write import (
     OP_ID_CHARS,
     Growth,
     encode,
+    insert_op,
     new_op_ids,
+    rows_on_key,
     store_ops,
     stored_size,
 )
@@ -130,7 +132,46 @@ class Outbox:
         never handed out (`outbox_write.coalesce`): the returned op then carries the merged
         data, the new op id and the new HLC. Raises OutboxFull when a bound would be passed.
         """
-        return self.record_many([(collection, key, kind, data, priority)])[0]
+        draft = _prepare((collection, key, kind, data, priority), self._placeholder_hlc())
+        now = self._now()
+        conn = self._conn
+        with transaction(conn):
+            stamp = self._state.stamp_many(1, persist=False)[0]
+            on_key = rows_on_key(conn, draft.collection, draft.key)
+            if on_key:  # the key has ops (or stale rows): the general path, which may merge
+                return self._store([draft], [stamp], now, on_key)[0]
+            # The common case, kept to the statements it needs: a key with no op pending.
+            op = make_op(
+                op_id=new_op_ids(1)[0],
+                collection=draft.collection,
+                key=draft.key,
+                kind=draft.kind,
+                hlc=stamp,
+                data=draft.data,
+                priority=draft.priority,
+            )
+            self._insert_new(op, draft.text, draft.size, now)
+        return op
+
+    def _insert_new(self, op: Op, data: Optional[str], size: int, now: float) -> None:
+        """Store a new op on a key with no outbox_keys row, and count it in the totals."""
+        totals = self._totals()
+        if totals.ops >= self.max_ops or totals.size + size > self.max_bytes:
+            self._refuse(totals)
+        priority = int(op.priority)
+        seq = totals.next_seqs[priority]
+        insert_op(self._conn, op, seq, (data, size), now)
+        self._conn.execute(GROW, (1, size, 1, 0, op.hlc, priority))
+        cached = getattr(self._conn, "totals", None)
+        if cached is not None:
+            self._conn.totals = (  # type: ignore[attr-defined]
+                cached[0],
+                totals._replace(
+                    ops=totals.ops + 1,
+                    size=totals.size + size,
+                    next_seqs={**totals.next_seqs, priority: seq + 1},
+                ),
+            )
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
         """Record several writes in one transaction: all of them are stored, or none.
@@ -143,41 +184,70 @@ class Outbox:
             return []
         # Validate before taking the write lock; each op's data is encoded once, for the size
         # limit and for storage.
-        placeholder = f"{0:013d}-00000-{self._state.node_hint}"  # an HLC of the real length
+        placeholder = self._placeholder_hlc()
         drafts = [_prepare(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
             # The last stamp is persisted with the totals (_apply), not as a write of its own.
             stamps = self._state.stamp_many(len(drafts), persist=False)
-            ops = [
-                make_op(
-                    op_id=op_id,
-                    collection=d.collection,
-                    key=d.key,
-                    kind=d.kind,
-                    hlc=hlc,
-                    data=d.data,
-                    priority=d.priority,
-                )
-                for d, op_id, hlc in zip(drafts, new_op_ids(len(drafts)), stamps)
-            ]
-            totals = self._totals()
-            stored, growth = store_ops(
-                self._conn, ops, now, totals.next_seqs, [(d.text, d.size) for d in drafts]
+            return self._store(drafts, stamps, now)
+
+    def _placeholder_hlc(self) -> str:
+        """An HLC of the length this device's stamps have (for sizing before stamping)."""
+        return f"{0:013d}-00000-{self._state.node_hint}"
+
+    def _store(
+        self,
+        drafts: list[_Draft],
+        stamps: list[str],
+        now: float,
+        on_keys: Optional[list[Any]] = None,
+    ) -> list[Op]:
+        """Store stamped drafts in the open transaction (outbox_write.store_ops)."""
+        ops = [
+            make_op(
+                op_id=op_id,
+                collection=d.collection,
+                key=d.key,
+                kind=d.kind,
+                hlc=hlc,
+                data=d.data,
+                priority=d.priority,
             )
-            self._check_bounds(totals, growth)
-            self._apply(growth, stamps[-1])
+            for d, op_id, hlc in zip(drafts, new_op_ids(len(drafts)), stamps)
+        ]
+        totals = self._totals()
+        stored, growth = store_ops(
+            self._conn,
+            ops,
+            now,
+            dict(totals.next_seqs),
+            [(d.text, d.size) for d in drafts],
+            on_keys=on_keys,
+        )
+        self._check_bounds(totals, growth)
+        self._apply(growth, stamps[-1])
         return stored
 
     def _totals(self) -> _Totals:
+        """outbox_totals summed. A DeviceConnection keeps them between transactions, valid
+        while no other connection has committed (data_version) and updated by `_apply`."""
+        conn = self._conn
+        version = data_version(conn) if isinstance(conn, DeviceConnection) else None
+        cached = getattr(conn, "totals", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]  # type: ignore[no-any-return]
         ops = size = stale = 0
         next_seqs = {}
-        for priority, count, bytes_, next_seq, stale_keys in self._conn.execute(TOTALS):
+        for priority, count, bytes_, next_seq, stale_keys in conn.execute(TOTALS):
             ops += count
             size += bytes_
             stale += stale_keys
             next_seqs[priority] = next_seq
-        return _Totals(ops, size, next_seqs, stale)
+        totals = _Totals(ops, size, next_seqs, stale)
+        if version is not None:
+            conn.totals = (version, totals)  # type: ignore[attr-defined]
+        return totals
 
     def _check_bounds(self, totals: _Totals, growth: Growth) -> None:
         """Refuse growth past a bound; a write that does not grow the outbox always passes."""
@@ -185,13 +255,16 @@ class Outbox:
         if (added > 0 and totals.ops + added > self.max_ops) or (
             grown > 0 and totals.size + grown > self.max_bytes
         ):
-            raise OutboxFull(
-                f"outbox full: {totals.ops} ops / {totals.size} bytes stored, limits are "
-                f"{self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
-                "sync to drain the outbox (sync-agent sync), or raise the limits",
-                max_ops=self.max_ops,
-                max_bytes=self.max_bytes,
-            )
+            self._refuse(totals)
+
+    def _refuse(self, totals: _Totals) -> NoReturn:
+        raise OutboxFull(
+            f"outbox full: {totals.ops} ops / {totals.size} bytes stored, limits are "
+            f"{self.max_ops} ops / {self.max_bytes} bytes; the write was not recorded - "
+            "sync to drain the outbox (sync-agent sync), or raise the limits",
+            max_ops=self.max_ops,
+            max_bytes=self.max_bytes,
+        )
 
     def _apply(self, growth: Growth, stamp: str = "") -> None:
         """Add per-priority changes to outbox_totals, with the greatest HLC just stamped."""
@@ -203,6 +276,21 @@ class Outbox:
             self._conn.execute(GROW, rows[0])
         else:
             self._conn.executemany(GROW, rows)
+        cached = getattr(self._conn, "totals", None)
+        if cached is not None:
+            version, totals = cached
+            next_seqs = dict(totals.next_seqs)
+            for priority, (_, _, seqs, _) in growth.items():
+                next_seqs[priority] += seqs
+            self._conn.totals = (  # type: ignore[attr-defined]
+                version,
+                _Totals(
+                    totals.ops + growth.ops(),
+                    totals.size + growth.size(),
+                    next_seqs,
+                    totals.stale + sum(entry[3] for entry in growth.values()),
+                ),
+            )
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -285,6 +373,7 @@ class Outbox:
         if left == 0 or stale > max(SWEEP_STALE_KEYS_ABOVE, left):
             self._conn.execute(FORGET_ALL_KEYS if left == 0 else FORGET_STALE_KEYS)
             self._conn.execute(NO_STALE_KEYS)
+            self._conn.totals = None  # type: ignore[attr-defined]
         return len(rows)
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:

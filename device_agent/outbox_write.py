@@ -11,11 +11,11 @@ merge safe.
 from __future__ import annotations
 
 import json
-import os
+import random
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 from device_agent.outbox_model import op_from_row
 from device_agent.outbox_sql import ADD_KEY, FORGET_KEY
@@ -110,14 +110,15 @@ def new_op_ids(count: int) -> list[str]:
     48 bits of Unix milliseconds, then a 12-bit sequence (4096 ids per ms keep their order),
     then 62 bits drawn at random once per call and counted up for each id of the call. Time
     order keeps the op_id index local: acking the oldest ops touches a few adjacent index
-    pages instead of one random page per op. Ids are unique, not secret.
+    pages instead of one random page per op. Ids are unique, not secret: the bits come from
+    `random` (seeded by the OS, and again in a forked child), not a system call per write.
     """
     millis = time.time_ns() // 1_000_000
-    random = int.from_bytes(os.urandom(8), "big")
+    drawn = _random_bits(64)
     # The variant (binary 10), 14 random bits, then 48 counted up from a random start that
     # leaves room for `count` ids.
-    middle = f"-{0x8000 | (random >> 50):04x}-"
-    low = (random & _LOW_48) % (_LOW_48 + 1 - count)
+    middle = f"-{0x8000 | (drawn >> 50):04x}-"
+    low = (drawn & _LOW_48) % (_LOW_48 + 1 - count)
     ids = []
     prefix = ""
     for index in range(count):
@@ -129,6 +130,7 @@ def new_op_ids(count: int) -> list[str]:
 
 
 _LOW_48 = (1 << 48) - 1
+_random_bits = random.getrandbits
 
 
 class _Slot:
@@ -188,6 +190,8 @@ def store_ops(
     now: float,
     next_seqs: dict[int, int],
     encoded: Optional[Sequence[tuple[Optional[str], int]]] = None,
+    *,
+    on_keys: Optional[list[Any]] = None,
 ) -> tuple[list[Op], Growth]:
     """Store stamped ops in the open transaction.
 
@@ -195,9 +199,10 @@ def store_ops(
     taken in order, each coalesced into the newest op on its key when allowed, so a batch
     gives exactly what recording its ops one by one would. `next_seqs` is the next free seq
     of each priority (from outbox_totals). `encoded` is each op's `encode(op)` when the
-    caller already has it (the data is then encoded once).
+    caller already has it (the data is then encoded once). `on_keys` is what `rows_on_key`
+    returned for the only key of `ops`, when the caller has read it already.
     """
-    slots = _newest_ops(conn, {(op.collection, op.key) for op in ops})
+    slots = _newest_ops(conn, {(op.collection, op.key) for op in ops}, on_keys)
     inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]] = []
     updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
     moved: list[_Slot] = []  # existing rows whose merged op goes to another priority
@@ -253,8 +258,12 @@ def store_ops(
                     enqueued.get(place, now),
                 )
             )
-        conn.executemany(_INSERT, rows)
-        conn.executemany(ADD_KEY, [(row[2], row[3], row[0]) for row in rows])
+        if len(rows) == 1:  # execute costs less than executemany for one row
+            conn.execute(_INSERT, rows[0])
+            conn.execute(ADD_KEY, (rows[0][2], rows[0][3], rows[0][0]))
+        else:
+            conn.executemany(_INSERT, rows)
+            conn.executemany(ADD_KEY, [(row[2], row[3], row[0]) for row in rows])
     return stored, growth
 
 
@@ -278,12 +287,33 @@ def _rewrite(
         conn.executemany(FORGET_KEY, gone)
 
 
+def rows_on_key(conn: sqlite3.Connection, collection: str, key: str) -> list[Any]:
+    """The outbox_keys rows of one key with their ops (`_ON_KEYS`); [] for a key with none."""
+    return conn.execute(_ON_ONE_KEY, (collection, key)).fetchall()
+
+
+def insert_op(
+    conn: sqlite3.Connection, op: Op, seq: int, stored: tuple[Optional[str], int], now: float
+) -> None:
+    """Store a new op at `seq` on a key with no outbox_keys row; `stored` is `encode(op)`."""
+    data, size = stored
+    conn.execute(
+        _INSERT,
+        (seq, op.op_id, op.collection, op.key, op.kind.value, op.hlc, data, op.priority, size, now),
+    )
+    conn.execute(ADD_KEY, (op.collection, op.key, seq))
+
+
 def _newest_ops(
-    conn: sqlite3.Connection, keys: set[tuple[str, str]]
+    conn: sqlite3.Connection,
+    keys: set[tuple[str, str]],
+    on_keys: Optional[list[Any]] = None,
 ) -> dict[tuple[str, str], _Slot]:
     """The newest live op on each key; deletes the keys' stale outbox_keys rows."""
-    if len(keys) == 1:
-        rows = conn.execute(_ON_ONE_KEY, next(iter(keys))).fetchall()
+    if on_keys is not None:
+        rows = on_keys
+    elif len(keys) == 1:
+        rows = rows_on_key(conn, *next(iter(keys)))
     else:
         rows = conn.execute(_ON_MANY_KEYS, {"keys": json.dumps(sorted(keys))}).fetchall()
     slots: dict[tuple[str, str], _Slot] = {}

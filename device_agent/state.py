@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any, Callable, Optional
 
-from device_agent.db import DeviceConnection, transaction
+from device_agent.db import DeviceConnection, data_version, transaction
 from shared.contracts import HybridLogicalClock, parse_hlc
 from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall_clock_ms
 
@@ -155,32 +155,34 @@ class AgentState:
         `persist=False` is for the outbox, which stores the last stamp in
         outbox_totals.last_hlc in the same transaction (see `_load_clock`).
         """
-        with transaction(self._conn):
-            version, clock, correction = self._cached_clock()
-            first = clock.send()
-            stamps = [first]
-            if count > 1:
-                # The rest as if the wall clock stood still meanwhile (a valid reading): each
-                # stamp ticks the logical counter, rolling into the next ms when it is full.
-                physical, logical, node = first.split("-", 2)
-                ms, tick = int(physical), int(logical)
-                for _ in range(count - 1):
-                    if tick >= MAX_LOGICAL:
-                        ms, tick = ms + 1, 0
-                    else:
-                        tick += 1
-                    stamps.append(f"{ms:013d}-{tick:05d}-{node}")
-                clock.receive(stamps[-1])
-            if persist:
-                self._save_clock(stamps[-1], correction)
-            if isinstance(self._conn, DeviceConnection):
-                self._conn.clock = (version, clock, correction)
+        if not self._conn.in_transaction:
+            with transaction(self._conn):
+                return self.stamp_many(count, persist=persist)
+        version, clock, correction = self._cached_clock()
+        first = clock.send()
+        stamps = [first]
+        if count > 1:
+            # The rest as if the wall clock stood still meanwhile (a valid reading): each
+            # stamp ticks the logical counter, rolling into the next ms when it is full.
+            physical, logical, node = first.split("-", 2)
+            ms, tick = int(physical), int(logical)
+            for _ in range(count - 1):
+                if tick >= MAX_LOGICAL:
+                    ms, tick = ms + 1, 0
+                else:
+                    tick += 1
+                stamps.append(f"{ms:013d}-{tick:05d}-{node}")
+            clock.receive(stamps[-1])
+        if persist:
+            self._save_clock(stamps[-1], correction)
+        if isinstance(self._conn, DeviceConnection):
+            self._conn.clock = (version, clock, correction)
         return stamps
 
     def _cached_clock(self) -> tuple[int, HybridLogicalClock, int]:
         """The persisted clock, read again only when another connection has committed since
         this one last used it (a stamp per write would otherwise re-read and re-parse it)."""
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        version = data_version(self._conn)
         cached = getattr(self._conn, "clock", None)
         if cached is not None and cached[0] == version:
             return cached  # type: ignore[no-any-return]
