@@ -205,6 +205,54 @@ MIGRATIONS: list[list[str]] = [
            ) WITHOUT ROWID""",
         "INSERT INTO outbox_keys (collection, key, seq) SELECT collection, key, seq FROM outbox",
     ],
+    [
+        # Version 3: one index fewer to write per recorded op. The outbox loses its op_id
+        # index (an autoindex of the UNIQUE constraint, hence the rebuild): ops are looked up
+        # by id only once handed out (acks, releases, quarantine, re-stamps), so delivery
+        # carries the op id, indexed, and other lookups scan. outbox_keys rows are added by a
+        # trigger, one statement fewer per recorded op.
+        """CREATE TABLE outbox_v3 (
+             seq         INTEGER PRIMARY KEY,
+             op_id       TEXT NOT NULL,
+             collection  TEXT NOT NULL,
+             key         TEXT NOT NULL,
+             kind        TEXT NOT NULL,
+             hlc         TEXT NOT NULL,
+             data        TEXT,
+             priority    INTEGER NOT NULL,
+             size        INTEGER NOT NULL,
+             enqueued_at REAL NOT NULL,
+             CHECK (seq >> 48 = priority)
+           )""",
+        """INSERT INTO outbox_v3 (seq, op_id, collection, key, kind, hlc, data, priority, size,
+                                  enqueued_at)
+           SELECT seq, op_id, collection, key, kind, hlc, data, priority, size, enqueued_at
+             FROM outbox ORDER BY seq""",
+        """CREATE TABLE delivery_v3 AS
+           SELECT d.seq, o.op_id, d.leased_at, d.lease_until, d.lease_owner, d.attempts,
+                  d.next_attempt_at, d.last_error
+             FROM delivery AS d JOIN outbox AS o ON o.seq = d.seq""",
+        "DROP TABLE delivery",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_v3 RENAME TO outbox",
+        """CREATE TABLE delivery (
+             seq             INTEGER PRIMARY KEY REFERENCES outbox (seq) ON DELETE CASCADE,
+             op_id           TEXT NOT NULL,
+             leased_at       REAL,
+             lease_until     REAL,
+             lease_owner     TEXT,
+             attempts        INTEGER NOT NULL DEFAULT 0,
+             next_attempt_at REAL NOT NULL DEFAULT 0,
+             last_error      TEXT
+           )""",
+        "CREATE INDEX delivery_op_id ON delivery (op_id)",
+        "INSERT INTO delivery SELECT * FROM delivery_v3",
+        "DROP TABLE delivery_v3",
+        """CREATE TRIGGER outbox_keys_add AFTER INSERT ON outbox BEGIN
+             INSERT INTO outbox_keys (collection, key, seq)
+               VALUES (NEW.collection, NEW.key, NEW.seq);
+           END""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables every version of the schema has: a file with user_version > 0 but without them

@@ -32,9 +32,8 @@ from device_agent.outbox_model import (
     pending_from_rows,
 )
 from device_agent.outbox_sql import (
-    ADD_KEY,
-    BY_ID,
     BY_KEY,
+    BY_SEQ,
     CANDIDATES,
     CHUNK,
     FORGET_ALL_KEYS,
@@ -47,6 +46,8 @@ from device_agent.outbox_sql import (
     RELEASE_UNATTEMPTED,
     REMOVE,
     REMOVE_RETURNING,
+    SEQS_HANDED_OUT,
+    SEQS_SCANNED,
     TO_REMOVE,
     TO_RESTAMP,
     TOTALS,
@@ -341,11 +342,32 @@ class Outbox:
         removed = 0
         with transaction(self._conn, durable=False):
             for start in range(0, len(ids), CHUNK):
-                removed += self._remove(ids[start : start + CHUNK])
+                removed += self._remove(list(self._seqs(ids[start : start + CHUNK]).values()))
         return removed
 
-    def _remove(self, op_ids: list[str]) -> int:
-        """Delete the named ops (their delivery rows go with them) and update the totals.
+    def _seqs(self, op_ids: list[str]) -> dict[str, int]:
+        """The seqs of the named ops still in the outbox, by op id (at most CHUNK ids).
+
+        Ops handed out are found through delivery's index; the others (never claimed: only
+        direct callers name those) by scanning the outbox, which has no op_id index.
+        """
+        found: dict[str, int] = dict(
+            self._conn.execute(SEQS_HANDED_OUT, {"ids": json.dumps(op_ids)}).fetchall()
+        )
+        if len(found) < len(op_ids):
+            rest = [op_id for op_id in op_ids if op_id not in found]
+            found.update(self._conn.execute(SEQS_SCANNED, {"ids": json.dumps(rest)}).fetchall())
+        return found
+
+    def _seq(self, op_id: str, missing: str) -> int:
+        """The seq of one op in the outbox; NotFound with `missing` as the message if none."""
+        seq = self._seqs([op_id]).get(op_id)
+        if seq is None:
+            raise NotFound(missing)
+        return seq
+
+    def _remove(self, seqs: list[int]) -> int:
+        """Delete the ops at these seqs (their delivery rows go with them); update the totals.
 
         Their outbox_keys rows are left stale rather than deleted: the acked ops' keys are
         spread over the whole table, so deleting them would touch a page per op on a large
@@ -355,7 +377,9 @@ class Outbox:
         outnumber the live ops and SWEEP_STALE_KEYS_ABOVE. That keeps the table within about
         twice the backlog and costs each removal a bounded share of a sweep.
         """
-        params = {"ids": json.dumps(op_ids)}
+        if not seqs:
+            return 0
+        params = {"seqs": json.dumps(seqs)}
         if HAS_RETURNING:
             rows = self._conn.execute(REMOVE_RETURNING, params).fetchall()
         else:
@@ -429,9 +453,14 @@ class Outbox:
         """
         ids = list(dict.fromkeys(op_ids))
         with transaction(self._conn):
+            seqs = [
+                seq
+                for start in range(0, len(ids), CHUNK)
+                for seq in self._seqs(ids[start : start + CHUNK]).values()
+            ]
             earliest = self._conn.execute(
-                "SELECT MIN(hlc) FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))",
-                {"ids": json.dumps(ids)},
+                "SELECT MIN(hlc) FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))",
+                {"seqs": json.dumps(seqs)},
             ).fetchone()[0]
             rows = self._conn.execute(
                 TO_RESTAMP,
@@ -443,8 +472,8 @@ class Outbox:
             stamps = self._state.stamp_many(len(ops))
             renewed = [replace(op, hlc=hlc) for op, hlc in zip(ops, stamps)]
             self._conn.executemany(
-                "UPDATE outbox SET hlc = :hlc WHERE op_id = :op_id",
-                [{"hlc": op.hlc, "op_id": op.op_id} for op in renewed],
+                "UPDATE outbox SET hlc = ? WHERE seq = ?",
+                [(op.hlc, row[0]) for op, row in zip(renewed, rows)],
             )
         return renewed
 
@@ -454,17 +483,18 @@ class Outbox:
         """Move an op the cloud rejected permanently out of the queue, keeping the reason."""
         reason = code.value if isinstance(code, ErrorCode) else str(code)
         with transaction(self._conn):
-            cursor = self._conn.execute(
+            seq = self._seq(
+                op_id, f"op {op_id} is not in the outbox (already acked or quarantined?)"
+            )
+            self._conn.execute(
                 "INSERT INTO quarantine (op_id, collection, key, kind, hlc, data, priority, size, "
                 "enqueued_at, attempts, code, message, quarantined_at) "
                 "SELECT o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, o.size, "
                 "o.enqueued_at, COALESCE(d.attempts, 0), :code, :message, :now "
-                "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq WHERE o.op_id = :op_id",
-                {"op_id": op_id, "code": reason, "message": message, "now": self._now()},
+                "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq WHERE o.seq = :seq",
+                {"seq": seq, "code": reason, "message": message, "now": self._now()},
             )
-            if cursor.rowcount != 1:
-                raise NotFound(f"op {op_id} is not in the outbox (already acked or quarantined?)")
-            self._remove([op_id])
+            self._remove([seq])
 
     def quarantined(self) -> list[QuarantinedOp]:
         """Every quarantined op, oldest quarantine first."""
@@ -492,12 +522,12 @@ class Outbox:
         """
         with transaction(self._conn):
             row = self._conn.execute(
-                "SELECT collection, key, priority, size FROM quarantine WHERE op_id = :op_id",
+                "SELECT priority, size FROM quarantine WHERE op_id = :op_id",
                 {"op_id": op_id},
             ).fetchone()
             if row is None:
                 raise NotFound(f"op {op_id} is not quarantined; see `sync-agent quarantine list`")
-            collection, key, priority, size = row
+            priority, size = row
             totals = self._totals()
             growth = Growth()
             growth.add(priority, 1, size, 1)
@@ -509,12 +539,14 @@ class Outbox:
                 "priority, size, :now FROM quarantine WHERE op_id = :op_id",
                 {"seq": seq, "op_id": op_id, "now": self._now()},
             )
-            self._conn.execute(ADD_KEY, (collection, key, seq))
             # Marked as handed out: newer writes on its key may have been sent already.
-            self._conn.execute("INSERT INTO delivery (seq) VALUES (:seq)", {"seq": seq})
+            self._conn.execute(
+                "INSERT INTO delivery (seq, op_id) VALUES (:seq, :op_id)",
+                {"seq": seq, "op_id": op_id},
+            )
             self._conn.execute("DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id})
             self._apply(growth)
-        return self.get(op_id).op
+            return pending_from_row(self._conn.execute(BY_SEQ, {"seq": seq}).fetchone()).op
 
     def drop_quarantined(self, op_id: str) -> None:
         """Delete a quarantined op for good (an operator's decision)."""
@@ -536,11 +568,13 @@ class Outbox:
         return [pending_from_row(row).op for row in rows]
 
     def get(self, op_id: str) -> PendingOp:
-        """The op with this id; NotFound if it is not in the outbox."""
-        row = self._conn.execute(BY_ID, {"op_id": op_id}).fetchone()
-        if row is None:
-            raise NotFound(f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
-        return pending_from_row(row)
+        """The op with this id; NotFound if it is not in the outbox.
+
+        Finding an op never handed out scans the outbox (it has no op_id index): fine for
+        tools and tests, not for a loop over a large backlog.
+        """
+        seq = self._seq(op_id, f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
+        return pending_from_row(self._conn.execute(BY_SEQ, {"seq": seq}).fetchone())
 
     def depth(self) -> int:
         """How many ops are in the outbox (pending and in flight)."""

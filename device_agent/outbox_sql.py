@@ -13,12 +13,18 @@ BY_KEY = (
     "LEFT JOIN delivery AS d ON d.seq = o.seq "
     "WHERE k.collection = :collection AND k.key = :key ORDER BY o.hlc"
 )
-BY_ID = (
+BY_SEQ = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
     "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
     "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE o.op_id = :op_id"
+    "WHERE o.seq = :seq"
 )
+# Op ids to seqs: through delivery's index for ops handed out (every op the sync engine names),
+# else by scanning the outbox (the outbox has no op_id index: see db.MIGRATIONS, version 3).
+SEQS_HANDED_OUT = (
+    "SELECT op_id, seq FROM delivery WHERE op_id IN (SELECT value FROM json_each(:ids))"
+)
+SEQS_SCANNED = "SELECT op_id, seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
 TO_RESTAMP = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
     "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
@@ -41,25 +47,25 @@ OLDEST = (
     "WHERE o.seq = (SELECT seq FROM outbox WHERE seq >= t.priority << 48 ORDER BY seq LIMIT 1)"
 )
 LEASE = (
-    "INSERT INTO delivery (seq, leased_at, lease_until, lease_owner) "
-    "SELECT value, :now, :until, :owner FROM json_each(:seqs) WHERE true "
+    "INSERT INTO delivery (seq, op_id, leased_at, lease_until, lease_owner) "
+    "SELECT o.seq, o.op_id, :now, :until, :owner "
+    "FROM json_each(:seqs) AS j JOIN outbox AS o ON o.seq = j.value WHERE true "
     "ON CONFLICT (seq) DO UPDATE SET leased_at = excluded.leased_at, "
     "lease_until = excluded.lease_until, lease_owner = excluded.lease_owner"
 )
 # Removing ops, with each one's share of the totals: in one statement where SQLite has
 # RETURNING (3.35 and newer), else a read and a delete.
 REMOVE_RETURNING = (
-    "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)) RETURNING priority, size"
+    "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs)) RETURNING priority, size"
 )
-TO_REMOVE = "SELECT priority, size FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
-REMOVE = "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids))"
+TO_REMOVE = "SELECT priority, size FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
+REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
 FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = ? AND key = ? AND seq = ?"
 FORGET_ALL_KEYS = "DELETE FROM outbox_keys"
 FORGET_STALE_KEYS = (
     "DELETE FROM outbox_keys "
     "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"
 )
-ADD_KEY = "INSERT INTO outbox_keys (collection, key, seq) VALUES (?, ?, ?)"
 TOTALS = "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals"
 GROW = (
     "UPDATE outbox_totals SET ops = ops + ?, bytes = bytes + ?, next_seq = next_seq + ?, "
@@ -69,9 +75,9 @@ NO_STALE_KEYS = "UPDATE outbox_totals SET stale_keys = 0"
 RELEASE = (
     "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL, "
     "attempts = attempts + 1, last_error = :error, next_attempt_at = :retry_at "
-    "WHERE seq IN (SELECT seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)))"
+    "WHERE op_id IN (SELECT value FROM json_each(:ids))"
 )
 RELEASE_UNATTEMPTED = (
     "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
-    "WHERE seq IN (SELECT seq FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)))"
+    "WHERE op_id IN (SELECT value FROM json_each(:ids))"
 )

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from device_agent.outbox_model import op_from_row
-from device_agent.outbox_sql import ADD_KEY, FORGET_KEY
+from device_agent.outbox_sql import FORGET_KEY
 from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
 from shared.contracts.model import compact_json
 from shared.contracts.validation import Problem
@@ -258,12 +258,11 @@ def store_ops(
                     enqueued.get(place, now),
                 )
             )
+        # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
         if len(rows) == 1:  # execute costs less than executemany for one row
             conn.execute(_INSERT, rows[0])
-            conn.execute(ADD_KEY, (rows[0][2], rows[0][3], rows[0][0]))
         else:
             conn.executemany(_INSERT, rows)
-            conn.executemany(ADD_KEY, [(row[2], row[3], row[0]) for row in rows])
     return stored, growth
 
 
@@ -295,13 +294,12 @@ def rows_on_key(conn: sqlite3.Connection, collection: str, key: str) -> list[Any
 def insert_op(
     conn: sqlite3.Connection, op: Op, seq: int, stored: tuple[Optional[str], int], now: float
 ) -> None:
-    """Store a new op at `seq` on a key with no outbox_keys row; `stored` is `encode(op)`."""
+    """Store a new op at `seq`; `stored` is `encode(op)`."""
     data, size = stored
     conn.execute(
         _INSERT,
         (seq, op.op_id, op.collection, op.key, op.kind.value, op.hlc, data, op.priority, size, now),
-    )
-    conn.execute(ADD_KEY, (op.collection, op.key, seq))
+    )  # and a trigger adds its outbox_keys row
 
 
 def _newest_ops(

@@ -175,13 +175,13 @@ def test_a_version_1_database_is_migrated_with_its_ops_leases_totals_and_keys(
 
     conn = open_database(path)
 
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-    # The old claim and key indexes and the totals triggers are gone.
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    # The old claim, key and op_id indexes and the totals triggers are gone; what is left is
+    # the trigger adding outbox_keys rows.
     leftovers = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = 'outbox' "
-        "AND name NOT LIKE 'sqlite_autoindex%'"
+        "SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = 'outbox'"
     ).fetchall()
-    assert leftovers == []
+    assert leftovers == [("outbox_keys_add",)]
     # Every op got the seq of its band: (priority << 48) + its v1 seq.
     seqs = seqs_by_op(conn)
     assert set(seqs) == {op.op_id for op in ops.values()}
@@ -189,9 +189,11 @@ def test_a_version_1_database_is_migrated_with_its_ops_leases_totals_and_keys(
         assert seqs[op.op_id] == (int(op.priority) << BAND) + v1_seqs[op.op_id]
     # The leased op's delivery row survived under its new seq.
     delivery = conn.execute(
-        "SELECT seq, leased_at, lease_until, attempts, next_attempt_at, last_error FROM delivery"
+        "SELECT seq, op_id, leased_at, lease_until, attempts, next_attempt_at, last_error "
+        "FROM delivery"
     ).fetchall()
-    assert delivery == [(seqs[ops["n1"].op_id], T0 - 100, T0 - 40, 2, T0 - 50, "timeout")]
+    n1 = ops["n1"].op_id
+    assert delivery == [(seqs[n1], n1, T0 - 100, T0 - 40, 2, T0 - 50, "timeout")]
     # Totals are unchanged and match the outbox.
     assert totals(conn) == v1_totals == counted(conn)
     # Each band's next seq lies in the band, above every seq there.
@@ -240,6 +242,93 @@ def test_a_version_1_agent_still_running_after_the_migration_cannot_write(
             (format_hlc(V1_MS, 99, V1_NODE),),
         )
     # Then it is refused loudly and nothing is stored behind the totals' back
+    assert totals(old) == counted(old)
+    old.close()
+
+
+def build_v2_database(path: Path) -> dict[str, Op]:
+    """The v1 fixture migrated to version 2 only, as an agent of version 2 left it."""
+    ops = build_v1_database(path)
+    with (
+        mock.patch("device_agent.db.MIGRATIONS", MIGRATIONS[:2]),
+        mock.patch("device_agent.db.SCHEMA_VERSION", 2),
+    ):
+        open_database(path).close()
+    v2 = sqlite3.connect(str(path))
+    assert v2.execute("PRAGMA user_version").fetchone()[0] == 2
+    v2.close()
+    return ops
+
+
+def test_a_version_2_database_is_migrated_without_the_op_id_index(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    ops = build_v2_database(path)
+    v2 = sqlite3.connect(str(path))
+    v2_rows = v2.execute("SELECT * FROM outbox ORDER BY seq").fetchall()
+    v2_keys = key_rows(v2)
+    v2_totals = v2.execute("SELECT * FROM outbox_totals ORDER BY priority").fetchall()
+    v2.close()
+
+    conn = open_database(path)
+
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    # The ops, their key rows and the totals are as they were.
+    assert conn.execute("SELECT * FROM outbox ORDER BY seq").fetchall() == v2_rows
+    assert key_rows(conn) == v2_keys
+    assert conn.execute("SELECT * FROM outbox_totals ORDER BY priority").fetchall() == v2_totals
+    # The outbox has no index at all now; the leased op is found by id through delivery.
+    indexes = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'"
+    ).fetchall()
+    assert indexes == []
+    plan = " ".join(
+        str(row[-1])
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM delivery WHERE op_id = ?", (ops["n1"].op_id,)
+        )
+    )
+    assert "delivery_op_id" in plan
+    outbox = Outbox(conn, AgentState(conn), now=FakeTime())
+    claimed = {p.op.op_id for p in outbox.claim(limit=100, now=T0)}
+    assert outbox.ack([ops["n1"].op_id, ops["c1"].op_id]) == 2
+    assert not {ops["n1"].op_id, ops["c1"].op_id} & {
+        row[0] for row in conn.execute("SELECT op_id FROM outbox")
+    }
+    assert outbox.release(claimed, error="x", retry_at=T0) == len(claimed) - 2
+    # A write after the migration gets its key row from the trigger.
+    fresh = outbox.record("items", "after", OpKind.PUT, {"v": 1})
+    assert key_rows(conn, "after") == [("items", "after", outbox.get(fresh.op_id).seq)]
+    assert totals(conn) == counted(conn)
+
+
+def test_a_version_2_agent_still_running_after_the_migration_cannot_write(
+    tmp_path: Path,
+) -> None:
+    # Given a v2 database migrated by a new agent while an old one keeps its connection
+    path = tmp_path / "agent.db"
+    build_v2_database(path)
+    old = sqlite3.connect(str(path), isolation_level=None)
+    open_database(path).close()
+    seq = (2 << BAND) + 1000
+    # When the old agent records a write the v2 way (the op, then its key row), in one
+    # transaction, the second statement fails (the trigger added that row already)
+    old.execute("BEGIN IMMEDIATE")
+    old.execute(
+        "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
+        "enqueued_at) VALUES (?, 'old', 'items', 'k', 'put', ?, '{}', 2, 10, 0)",
+        (seq, format_hlc(V1_MS, 99, V1_NODE)),
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+        old.execute(
+            "INSERT INTO outbox_keys (collection, key, seq) VALUES ('items', 'k', ?)", (seq,)
+        )
+    old.execute("ROLLBACK")
+    # And a v2 lease (no op id) is refused too
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL constraint failed"):
+        old.execute(
+            "INSERT INTO delivery (seq, leased_at) SELECT seq, 0 FROM outbox ORDER BY seq LIMIT 1"
+        )
+    # Then nothing is stored behind the totals' back
     assert totals(old) == counted(old)
     old.close()
 
