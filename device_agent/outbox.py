@@ -57,6 +57,7 @@ from device_agent.outbox_write import (
     Growth,
     encode,
     insert_op,
+    new_op_id,
     new_op_ids,
     rows_on_key,
     store_ops,
@@ -133,17 +134,19 @@ class Outbox:
         never handed out (`outbox_write.coalesce`): the returned op then carries the merged
         data, the new op id and the new HLC. Raises OutboxFull when a bound would be passed.
         """
-        draft = _prepare((collection, key, kind, data, priority), self._placeholder_hlc())
+        draft = _draft(
+            collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
+        )
         now = self._now()
         conn = self._conn
         with transaction(conn):
-            stamp = self._state.stamp_many(1, persist=False)[0]
+            stamp = self._state.stamp_unsaved()
             on_key = rows_on_key(conn, draft.collection, draft.key)
             if on_key:  # the key has ops (or stale rows): the general path, which may merge
                 return self._store([draft], [stamp], now, on_key)[0]
             # The common case, kept to the statements it needs: a key with no op pending.
             op = make_op(
-                op_id=new_op_ids(1)[0],
+                op_id=new_op_id(),
                 collection=draft.collection,
                 key=draft.key,
                 kind=draft.kind,
@@ -638,8 +641,28 @@ _SAMPLE_OP_ID = new_op_ids(1)[0]
 def _prepare(item: WriteItem, placeholder_hlc: str) -> _Draft:
     if len(item) not in (4, 5):
         raise ValueError(f"a write is (collection, key, kind, data[, priority]), got {item!r}")
-    collection, key, kind, data = item[0], item[1], item[2], item[3]
-    priority = Priority.parse(item[4]) if len(item) == 5 else Priority.NORMAL  # type: ignore[misc]
+    return _draft(*item, placeholder_hlc=placeholder_hlc)  # type: ignore[misc]
+
+
+# Priority.parse for the values it is usually given (a bool is not a priority: not here).
+_PRIORITY_OF: dict[object, Priority] = {
+    **{priority: priority for priority in Priority},
+    **{int(priority): priority for priority in Priority},
+}
+
+
+def _draft(
+    collection: str,
+    key: str,
+    kind: Union[OpKind, str],
+    data: Optional[JsonObject],
+    priority: Union[Priority, int, str] = Priority.NORMAL,
+    *,
+    placeholder_hlc: str,
+) -> _Draft:
+    """A validated write: its fields, its data encoded once, and its stored size."""
+    known = _PRIORITY_OF.get(priority) if type(priority) is not bool else None
+    priority = known if known is not None else Priority.parse(priority)
     kind_value = kind.value if isinstance(kind, OpKind) else kind
     checked = encode_valid_write(
         collection=collection,

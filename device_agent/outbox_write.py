@@ -130,6 +130,18 @@ def new_op_ids(count: int) -> list[str]:
 
 
 _LOW_48 = (1 << 48) - 1
+
+
+def new_op_id() -> str:
+    """`new_op_ids(1)[0]`, for the one op of `Outbox.record`."""
+    stamp = f"{time.time_ns() // 1_000_000:012x}"
+    drawn = _random_bits(74)  # 12 bits, 14 bits and 48 bits
+    return (
+        f"{stamp[:8]}-{stamp[8:]}-7{drawn >> 62:03x}-{0x8000 | (drawn >> 48) & 0x3FFF:04x}-"
+        f"{drawn & _LOW_48:012x}"
+    )
+
+
 _random_bits = random.getrandbits
 
 

@@ -149,6 +149,17 @@ class AgentState:
         """
         return self.stamp_many(1)[0]
 
+    def stamp_unsaved(self) -> str:
+        """One new HLC, for the outbox inside its transaction: `stamp_many(1, persist=False)`
+        without the list (it runs once per recorded write)."""
+        if not self._conn.in_transaction:
+            return self.stamp_many(1, persist=False)[0]
+        cached = self._cached_clock()
+        stamp = cached[1].send()
+        if isinstance(self._conn, DeviceConnection):
+            self._conn.clock = cached
+        return stamp
+
     def stamp_many(self, count: int, *, persist: bool = True) -> list[str]:
         """`count` increasing HLCs in one read-modify-write of the persisted clock.
 
