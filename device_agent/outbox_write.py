@@ -31,15 +31,16 @@ WIRE_OVERHEAD = 160
 _ON_KEYS = """
     SELECT k.collection, k.key, k.seq, o.op_id, o.kind, o.hlc, o.data, o.priority,
            EXISTS (SELECT 1 FROM delivery AS d WHERE d.seq = o.seq), o.size, o.enqueued_at
-      FROM {keys}
+      FROM outbox_keys AS k
       LEFT JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key
+     WHERE k.collection = {collection} AND k.key {key}
 """
-_ON_MANY_KEYS = _ON_KEYS.format(
-    keys="json_each(:keys) AS j JOIN outbox_keys AS k ON k.collection = "
-    "json_extract(j.value, '$[0]') AND k.key = json_extract(j.value, '$[1]')"
+# Many keys of one collection (a batch usually writes to one or a few): a JSON array of keys.
+_ON_KEYS_OF = _ON_KEYS.format(
+    collection=":collection", key="IN (SELECT value FROM json_each(:keys))"
 )
 # A single write (`record`): a plain primary-key lookup, no JSON array to walk.
-_ON_ONE_KEY = _ON_KEYS.format(keys="outbox_keys AS k") + " WHERE k.collection = ? AND k.key = ?"
+_ON_ONE_KEY = _ON_KEYS.format(collection="?", key="= ?")
 _INSERT = (
     "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
     "enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -216,6 +217,9 @@ def store_ops(
     """
     slots = _newest_ops(conn, {(op.collection, op.key) for op in ops}, on_keys)
     inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]] = []
+    # New ops of this batch that are the newest on their key, by place in inserts: they get
+    # a _Slot only if a later op of the batch is on the same key (rare; a slot costs more).
+    fresh: dict[tuple[str, str], int] = {}
     updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
     moved: list[_Slot] = []  # existing rows whose merged op goes to another priority
     enqueued: dict[int, float] = {}  # enqueue times of moved ops, by place in inserts
@@ -223,11 +227,15 @@ def store_ops(
     for position, op in enumerate(ops):
         where = (op.collection, op.key)
         slot = slots.get(where)
+        if slot is None and where in fresh:
+            index = fresh.pop(where)
+            slot = slots[where] = _Slot(inserts[index][0], True, None, 0, index)
         merged = None
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
             merged = coalesce(slot.op, op)
         if slot is None or merged is None:  # the common case: nothing to merge into
-            slots[where] = _Slot(op, True, None, 0, len(inserts))
+            slots.pop(where, None)
+            fresh[where] = len(inserts)
             inserts.append((op, None if encoded is None else encoded[position]))
             stored.append(op)
             continue
@@ -249,33 +257,53 @@ def store_ops(
     growth = Growth()
     _rewrite(conn, updated, moved, growth)
     if inserts:
-        rows = []
-        for place, (op, known) in enumerate(inserts):
-            data, size = encode(op) if known is None else known
-            priority = int(op.priority)
-            seq = next_seqs[priority]
-            next_seqs[priority] = seq + 1
-            growth.add(priority, 1, size, 1)
-            rows.append(
-                (
-                    seq,
-                    op.op_id,
-                    op.collection,
-                    op.key,
-                    op.kind.value,
-                    op.hlc,
-                    data,
-                    priority,
-                    size,
-                    enqueued.get(place, now),
-                )
-            )
-        # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
-        if len(rows) == 1:  # execute costs less than executemany for one row
-            conn.execute(_INSERT, rows[0])
-        else:
-            conn.executemany(_INSERT, rows)
+        _insert(conn, inserts, enqueued, next_seqs, now=now, growth=growth)
     return stored, growth
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]],
+    enqueued: dict[int, float],
+    next_seqs: dict[int, int],
+    *,
+    now: float,
+    growth: Growth,
+) -> None:
+    """Insert new ops at the next seqs of their priorities (each op with its `encode(op)` if
+    known), enqueued `now` unless `enqueued` says otherwise, counting them in `growth`."""
+    rows = []
+    for place, (op, known) in enumerate(inserts):
+        data, size = encode(op) if known is None else known
+        priority = int(op.priority)
+        seq = next_seqs[priority]
+        next_seqs[priority] = seq + 1
+        entry = growth.get(priority)
+        if entry is None:
+            growth[priority] = [1, size, 1, 0]
+        else:  # growth.add(priority, 1, size, 1), inline: it runs for every op
+            entry[0] += 1
+            entry[1] += size
+            entry[2] += 1
+        rows.append(
+            (
+                seq,
+                op.op_id,
+                op.collection,
+                op.key,
+                op.kind.value,
+                op.hlc,
+                data,
+                priority,
+                size,
+                enqueued.get(place, now),
+            )
+        )
+    # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
+    if len(rows) == 1:  # execute costs less than executemany for one row
+        conn.execute(_INSERT, rows[0])
+    else:
+        conn.executemany(_INSERT, rows)
 
 
 def _rewrite(
@@ -325,7 +353,13 @@ def _newest_ops(
     elif len(keys) == 1:
         rows = rows_on_key(conn, *next(iter(keys)))
     else:
-        rows = conn.execute(_ON_MANY_KEYS, {"keys": json.dumps(sorted(keys))}).fetchall()
+        by_collection: dict[str, list[str]] = {}
+        for collection, key in keys:
+            by_collection.setdefault(collection, []).append(key)
+        rows = []
+        for collection, names in by_collection.items():
+            params = {"collection": collection, "keys": json.dumps(names)}
+            rows += conn.execute(_ON_KEYS_OF, params).fetchall()
     slots: dict[tuple[str, str], _Slot] = {}
     stale = []
     for collection, key, seq, op_id, kind, hlc, data, priority, handed_out, size, since in rows:

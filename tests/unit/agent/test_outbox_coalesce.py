@@ -154,6 +154,44 @@ def test_a_batch_coalesces_exactly_as_one_by_one_recording_would(tmp_path):
     ]
 
 
+def test_a_batch_after_a_refused_merge_merges_into_the_newer_op_as_one_by_one_would(tmp_path):
+    big = "x" * 200_000
+    writes = [
+        ("items", "k", "patch", {"a": big}),
+        ("items", "k", "patch", {"b": big}),  # too large to merge: kept apart
+        ("items", "k", "patch", {"c": 1}),  # merges into the second, not the first
+    ]
+    batched = open_store(tmp_path / "batched.db", device_id="d")
+    single = open_store(tmp_path / "single.db", device_id="d")
+
+    batched.outbox.record_many(writes)
+    for write in writes:
+        single.outbox.record(*write)
+
+    for store in (batched, single):
+        assert [op.data for op in store.outbox.pending_for("items", "k")] == [
+            {"a": big},
+            {"b": big, "c": 1},
+        ]
+
+
+def test_a_batch_over_several_collections_merges_each_key_in_its_own_collection(store):
+    store.outbox.record_many([("items", "k", "put", {"a": 1}), ("notes", "k", "put", {"n": 1})])
+
+    store.outbox.record_many(
+        [
+            ("notes", "k", "patch", {"m": 2}),
+            ("items", "k", "patch", {"b": 2}),
+            ("tasks", "k", "patch", {"t": 3}),
+        ]
+    )
+
+    assert [op.data for op in store.outbox.pending_for("items", "k")] == [{"a": 1, "b": 2}]
+    assert [op.data for op in store.outbox.pending_for("notes", "k")] == [{"n": 1, "m": 2}]
+    assert [op.data for op in store.outbox.pending_for("tasks", "k")] == [{"t": 3}]
+    assert store.outbox.depth() == 3
+
+
 # --- the property: coalescing never changes what the server ends up with -------------------
 
 FIELDS = ("a", "b", "c")
