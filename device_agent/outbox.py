@@ -45,7 +45,9 @@ from device_agent.outbox_sql import (
     RELEASE,
     RELEASE_UNATTEMPTED,
     REMOVE,
+    REMOVE_HANDED_OUT,
     REMOVE_RETURNING,
+    REMOVE_SCANNED,
     SEQS_HANDED_OUT,
     SEQS_SCANNED,
     TO_REMOVE,
@@ -166,16 +168,7 @@ class Outbox:
         seq = totals.next_seqs[priority]
         insert_op(self._conn, op, seq, (data, size), now)
         self._conn.execute(GROW, (1, size, 1, 0, op.hlc, priority))
-        cached = getattr(self._conn, "totals", None)
-        if cached is not None:
-            self._conn.totals = (  # type: ignore[attr-defined]
-                cached[0],
-                totals._replace(
-                    ops=totals.ops + 1,
-                    size=totals.size + size,
-                    next_seqs={**totals.next_seqs, priority: seq + 1},
-                ),
-            )
+        totals.grow(priority, [1, size, 1, 0])  # the connection's copy, if it is that
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
         """Record several writes in one transaction: all of them are stored, or none.
@@ -282,19 +275,8 @@ class Outbox:
             self._conn.executemany(GROW, rows)
         cached = getattr(self._conn, "totals", None)
         if cached is not None:
-            version, totals = cached
-            next_seqs = dict(totals.next_seqs)
-            for priority, (_, _, seqs, _) in growth.items():
-                next_seqs[priority] += seqs
-            self._conn.totals = (  # type: ignore[attr-defined]
-                version,
-                _Totals(
-                    totals.ops + growth.ops(),
-                    totals.size + growth.size(),
-                    next_seqs,
-                    totals.stale + sum(entry[3] for entry in growth.values()),
-                ),
-            )
+            for priority, entry in growth.items():
+                cached[1].grow(priority, entry)
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -345,8 +327,20 @@ class Outbox:
         removed = 0
         with transaction(self._conn, durable=False):
             for start in range(0, len(ids), CHUNK):
-                removed += self._remove(list(self._seqs(ids[start : start + CHUNK]).values()))
+                removed += self._remove_ids(ids[start : start + CHUNK])
         return removed
+
+    def _remove_ids(self, op_ids: list[str]) -> int:
+        """`_remove` by op id (at most CHUNK ids): ops handed out (all the sync engine acks)
+        in one statement through delivery's op_id index, any others by a scan."""
+        if not HAS_RETURNING:
+            return self._remove(list(self._seqs(op_ids).values()))
+        rows = self._conn.execute(REMOVE_HANDED_OUT, {"ids": json.dumps(op_ids)}).fetchall()
+        if len(rows) < len(op_ids):
+            found = {row[0] for row in rows}
+            rest = json.dumps([op_id for op_id in op_ids if op_id not in found])
+            rows += self._conn.execute(REMOVE_SCANNED, {"ids": rest}).fetchall()
+        return self._count_removed([(priority, size) for _, priority, size in rows])
 
     def _seqs(self, op_ids: list[str]) -> dict[str, int]:
         """The seqs of the named ops still in the outbox, by op id (at most CHUNK ids).
@@ -388,15 +382,19 @@ class Outbox:
         else:
             rows = self._conn.execute(TO_REMOVE, params).fetchall()
             self._conn.execute(REMOVE, params)
+        return self._count_removed(rows)
+
+    def _count_removed(self, rows: list[tuple[int, int]]) -> int:
+        """Take removed ops, as (priority, size), out of the totals; sweep stale key rows."""
         if not rows:
             return 0
         totals = self._totals()
         growth = Growth()
         for priority, size in rows:
             growth.add(priority, -1, -size, 0, 1)
-        self._apply(growth)
         left = totals.ops - len(rows)
         stale = totals.stale + len(rows)
+        self._apply(growth)  # (updates `totals` in place when it is the connection's copy)
         if left == 0 or stale > max(SWEEP_STALE_KEYS_ABOVE, left):
             self._conn.execute(FORGET_ALL_KEYS if left == 0 else FORGET_STALE_KEYS)
             self._conn.execute(NO_STALE_KEYS)
@@ -613,13 +611,24 @@ class Outbox:
 _KINDS = {kind.value: kind for kind in OpKind}
 
 
-class _Totals(NamedTuple):
-    """outbox_totals summed, with the next free seq of each priority."""
+class _Totals:
+    """outbox_totals summed, with the next free seq of each priority. Mutable: the copy a
+    connection keeps (Outbox._totals) follows the connection's own changes in place."""
 
-    ops: int
-    size: int
-    next_seqs: dict[int, int]
-    stale: int  # outbox_keys rows whose op is gone (Outbox._remove)
+    __slots__ = ("next_seqs", "ops", "size", "stale")
+
+    def __init__(self, ops: int, size: int, next_seqs: dict[int, int], stale: int) -> None:
+        self.ops = ops
+        self.size = size
+        self.next_seqs = next_seqs
+        self.stale = stale  # outbox_keys rows whose op is gone (Outbox._remove)
+
+    def grow(self, priority: int, entry: list[int]) -> None:
+        """Add one priority's Growth entry [ops, bytes, seqs used, stale keys]."""
+        self.ops += entry[0]
+        self.size += entry[1]
+        self.next_seqs[priority] += entry[2]
+        self.stale += entry[3]
 
 
 class _Draft(NamedTuple):

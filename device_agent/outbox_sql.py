@@ -58,6 +58,16 @@ LEASE = (
 REMOVE_RETURNING = (
     "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs)) RETURNING priority, size"
 )
+# Removing ops named by id, with RETURNING: those handed out through delivery's op_id index,
+# then any others by a scan of the outbox.
+REMOVE_HANDED_OUT = (
+    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM delivery "
+    "WHERE op_id IN (SELECT value FROM json_each(:ids))) RETURNING op_id, priority, size"
+)
+REMOVE_SCANNED = (
+    "DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(:ids)) "
+    "RETURNING op_id, priority, size"
+)
 TO_REMOVE = "SELECT priority, size FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
 REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
 FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = ? AND key = ? AND seq = ?"

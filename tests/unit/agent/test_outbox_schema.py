@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import device_agent.outbox as outbox_module
-from device_agent.db import MIGRATIONS, SCHEMA_VERSION, open_database
-from device_agent.errors import NotFound
+from device_agent.db import MIGRATIONS, SCHEMA_VERSION, open_database, transaction
+from device_agent.errors import NotFound, OutboxFull
 from device_agent.outbox import Outbox
 from device_agent.outbox_write import encode, new_op_ids
 from device_agent.state import AgentState
@@ -403,6 +403,8 @@ actions = st.one_of(
     st.tuples(st.just("release"), st.integers(1, 4)),
     st.tuples(st.just("quarantine"), st.integers(0, 20)),
     st.tuples(st.just("retry"), st.integers(0, 20)),
+    # A write through a second connection: the first one's copy of the totals must notice.
+    st.tuples(st.just("record_elsewhere"), writes),
 )
 
 
@@ -431,6 +433,11 @@ def check_invariants(store: Store, threshold: int, history: SeqHistory) -> None:
     # Totals are what the outbox holds.
     assert totals(conn) == counted(conn)
     assert store.outbox.depth() == len(rows)
+    # The connection's copy of the totals (kept across transactions) is what the table says.
+    kept = store.outbox._totals()
+    assert (kept.ops, kept.size) == tuple(map(sum, zip(*counted(conn).values())))
+    assert kept.next_seqs == next_seqs(conn)
+    assert kept.stale == conn.execute("SELECT SUM(stale_keys) FROM outbox_totals").fetchone()[0]
     # Seqs sit in their priority's band, below its next seq, and are never reused.
     for seq, priority, _, _ in rows:
         assert band(seq) == priority
@@ -464,10 +471,15 @@ def check_invariants(store: Store, threshold: int, history: SeqHistory) -> None:
         assert store.outbox.pending_for("items", key) == [store.outbox.get(i).op for i in expected]
 
 
-def run_action(store: Store, action: tuple[Any, ...], in_flight: list[str]) -> None:
+def run_action(
+    store: Store, action: tuple[Any, ...], in_flight: list[str], elsewhere: Outbox
+) -> None:
     name, arg = action
     outbox = store.outbox
-    if name == "record":
+    if name == "record_elsewhere":
+        kind, key, data, priority = arg
+        elsewhere.record("items", key, kind, data, priority)
+    elif name == "record":
         kind, key, data, priority = arg
         outbox.record("items", key, kind, data, priority)
     elif name == "record_many":
@@ -512,11 +524,12 @@ def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
     )
     with tempfile.TemporaryDirectory() as tmp, lazy, removal:
         store = open_store(Path(tmp) / "agent.db", device_id="dev", synchronous="OFF")
+        other = open_store(Path(tmp) / "agent.db", synchronous="OFF")
         history = SeqHistory()
         in_flight: list[str] = []
         try:
             for action in script:
-                run_action(store, action, in_flight)
+                run_action(store, action, in_flight, other.outbox)
                 check_invariants(store, threshold, history)
             # Draining everything leaves nothing behind in outbox_keys.
             rest = [row[0] for row in store.conn.execute("SELECT op_id FROM outbox")]
@@ -524,6 +537,7 @@ def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
             check_invariants(store, threshold, history)
             assert key_rows(store.conn) == []
         finally:
+            other.close()
             store.close()
 
 
@@ -735,3 +749,23 @@ def test_changing_the_device_id_renames_the_node_of_the_next_stamps(tmp_path: Pa
     assert parse_hlc(mine).node == parse_hlc(theirs).node == "dev-new"
     assert before < mine < theirs
     assert parse_hlc(one.state.stamp()).node == "dev-new"
+
+
+def test_writes_rolled_back_with_an_outer_transaction_leave_the_totals_as_committed(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox with one op, whose connection keeps the totals between transactions
+    store = open_store(tmp_path / "agent.db", device_id="dev", max_ops=3)
+    put(store, "kept")
+    # When writes inside an outer transaction are rolled back with it
+    with pytest.raises(RuntimeError), transaction(store.conn):
+        put(store, "gone")
+        store.outbox.record_many([("items", "gone-too", OpKind.PUT, {"v": 1})])
+        raise RuntimeError("the application changed its mind")
+    # Then the totals are the committed ones: depth 1, and room for exactly two more ops
+    assert store.outbox.depth() == 1 == len(store.conn.execute("SELECT * FROM outbox").fetchall())
+    put(store, "second")
+    put(store, "third")
+    with pytest.raises(OutboxFull):
+        put(store, "fourth")
+    assert totals(store.conn) == counted(store.conn)
