@@ -199,6 +199,7 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
     lq = LiteQueue(folder / "lq.db")
     lq.conn.execute("PRAGMA synchronous = FULL")
     counter = iter(range(10**9))
+    alone = _statements_alone(folder / "alone.db")
 
     def raw_put() -> None:
         raw.execute("BEGIN IMMEDIATE")
@@ -210,10 +211,12 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
         "fieldsync outbox": lambda: outbox.record("bench", f"k{next(counter)}", "put", PAYLOAD),
         "persist-queue": lambda: pq.put(PAYLOAD),
         "litequeue": lambda: lq.put(text),
+        STATEMENTS_ALONE: alone,
     }
     rounds = 10
     per_round = max(1, size["single"] // rounds)
     spent = dict.fromkeys(puts, 0.0)
+    first = {}
     names = list(puts)
     for round_no in range(rounds):
         for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
@@ -222,7 +225,40 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
             for _ in range(per_round):
                 put()
             spent[name] += time.perf_counter() - began
-    return {name: _rate(per_round * rounds, seconds) for name, seconds in spent.items()}
+        if round_no == 0:
+            first = {f"first round: {name}": _rate(per_round, spent[name]) for name in names}
+    rates = {name: _rate(per_round * rounds, seconds) for name, seconds in spent.items()}
+    return {**rates, **first}
+
+
+# The outbox's statements for a write on a new key, run with precomputed values and next to no
+# Python: what `Outbox.record` would cost if its Python (validation, stamp, op id, bounds)
+# were free. It bounds what any Python on top of this layout can reach.
+STATEMENTS_ALONE = "outbox statements alone"
+
+
+def _statements_alone(path: Path) -> Callable[[], None]:
+    from device_agent.outbox_sql import GROW
+    from device_agent.outbox_write import _INSERT, _ON_ONE_KEY
+
+    _, conn = _open_outbox(path)
+    conn.execute("PRAGMA synchronous = FULL")  # (opening it ran a relaxed transaction)
+    text = json.dumps(PAYLOAD, separators=(",", ":"))
+    counter = iter(range(1, 10**9))
+
+    def put() -> None:
+        n = next(counter)
+        key = f"k{n}"
+        hlc = f"{1_700_000_000_000 + n:013d}-00000-dev-alone"
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("PRAGMA data_version").fetchone()
+        conn.execute(_ON_ONE_KEY, ("bench", key)).fetchall()
+        row = (2 << 48) + n, f"op-{n}", "bench", key, "put", hlc, text, 2, 300, 0.0
+        conn.execute(_INSERT, row)
+        conn.execute(GROW, (1, 300, 1, 0, hlc, 2))
+        conn.execute("COMMIT")
+
+    return put
 
 
 def backlog_sizes(top: int) -> tuple[int, ...]:
@@ -396,6 +432,7 @@ def run(quick: bool) -> dict[str, Any]:
     subjects = {name: _measure(name, quick) for name in SUBJECTS}
     for name in SUBJECTS:
         subjects[name]["single_ops_s"] = single[name]
+    single.pop("peak_rss_mib", None)
     backlog = _measure("backlog", quick)
     return {
         "quick": quick,
@@ -407,6 +444,7 @@ def run(quick: bool) -> dict[str, Any]:
             "litequeue": _version("litequeue"),
         },
         "subjects": subjects,
+        "single": single,
         "backlog": backlog,
         "seconds": time.perf_counter() - started,
     }
