@@ -11,21 +11,23 @@ NOTES = """\
 How each subject is driven (same machine, same run, WAL, synchronous=FULL for all, one fresh
 file each). Durable single enqueues of all four run interleaved, in ten rounds in one
 process, so they share the disk's mood; the rest runs in one child process per subject (its
-peak RSS is its own), and each subject's batch and drain figures are the median of three
-runs on fresh files. The outbox records one write per transaction, or
-1,000 per `record_many`, and drains with `claim(limit=100)` + `ack` (two transactions per 100
-ops). persist-queue's `SQLiteAckQueue` commits every `put`, `get` and `ack` (it refuses
-`auto_commit=False`), so it has no batched figure and drains one op per two commits.
-litequeue commits every `put` (batches go inside its `transaction()`), and every `pop` and
-`done`. The raw baseline is one `INSERT` per transaction (the fsync limit), `executemany` for
-batches and `DELETE ... RETURNING` of 100 rows per transaction. Peers drain a 2,000-op
-sample (their rate is per op, so a longer run only costs time). The outbox's write path
-includes what the others do not do: validation (`encode_valid_write`, the same checks as
-`shared.contracts.parse_op`, which still decides and words every refusal), an HLC stamp from
-the persisted clock, coalescing lookups and the bound check. By design the
-outbox fsyncs recorded writes but not claims and acks (leases and acks are soft state: a
-power cut may only make an op be sent again, which the protocol makes harmless), so its
-drain pays no fsync while persist-queue and litequeue fsync every get/pop and ack/done.
+peak RSS is its own). Each subject's batch and drain figures, and the backlog's, are the
+median of three runs on fresh files, taken in turn across subjects (a slow minute on this
+shared machine slows one run of each); peak RSS is the largest of the three. The outbox
+records one write per transaction, or 1,000 per `record_many`, and drains with
+`claim(limit=100)` + `ack` (two transactions per 100 ops). persist-queue's `SQLiteAckQueue`
+commits every `put`, `get` and `ack` (it refuses `auto_commit=False`), so it has no batched
+figure and drains one op per two commits. litequeue commits every `put` (batches go inside
+its `transaction()`), and every `pop` and `done`. The raw baseline is one `INSERT` per
+transaction (the fsync limit), `executemany` for batches and `DELETE ... RETURNING` of 100
+rows per transaction. Peers drain a 2,000-op sample (their rate is per op, so a longer run
+only costs time). The outbox's write path includes what the others do not do: validation
+(`encode_valid_write`, the same checks as `shared.contracts.parse_op`, which still decides
+and words every refusal), an HLC stamp from the persisted clock, coalescing lookups and the
+bound check. By design the outbox fsyncs recorded writes but not claims and acks (leases and
+acks are soft state: a power cut may only make an op be sent again, which the protocol makes
+harmless), so its drain pays no fsync while persist-queue and litequeue fsync every get/pop
+and ack/done.
 """
 
 
