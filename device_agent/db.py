@@ -37,7 +37,9 @@ class DeviceConnection(sqlite3.Connection):
     # Outbox._totals: the outbox_totals rows summed, with the data_version they were read at;
     # kept up to date by this connection's own changes (Outbox._apply), dropped on rollback.
     totals: Any = None
-    # PRAGMA data_version as read in the open transaction, None until read (data_version()).
+    # Whether the open transaction was begun by transaction() (which also ends it, and clears
+    # the caches when it rolls back), and its PRAGMA data_version once read (data_version()).
+    own_transaction: bool = False
     version_in_transaction: Optional[int] = None
     # The PRAGMA synchronous level open_database set (durable transactions commit at it), and
     # the level in force now (see _Transaction._set_level).
@@ -383,9 +385,9 @@ def transaction(conn: sqlite3.Connection, *, durable: bool = True) -> _Transacti
 
     `durable=False` is for soft state whose loss on a power cut only means work is redone
     (leases, acks, retry times, statistics): see `_Transaction._set_level`. Inside a
-    transaction already, the block joins it and the outer transaction decides durability; a
-    joined block that raises is undone only when the outer one rolls back, so do not catch
-    its error inside the outer block and commit. SQLite errors
+    transaction already, the block runs in a savepoint of it and the outer transaction
+    decides durability; a block that raises is undone back to its savepoint, so the outer
+    block may catch the error (an OutboxFull, say) and still commit the rest. SQLite errors
     that mean the database is unusable (locked, corrupt, disk full) become DatabaseError; the
     transaction is rolled back on any exception.
     """
@@ -407,19 +409,22 @@ class _Transaction:
         conn = self._conn
         if conn.in_transaction:
             self._joined = True
+            conn.execute("SAVEPOINT fieldsync_block")
             return conn
         self._set_level()
-        if isinstance(conn, DeviceConnection):
-            conn.version_in_transaction = None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._restore_level()
             raise _translate(exc, database_path(conn)) from exc
+        if isinstance(conn, DeviceConnection):
+            conn.own_transaction = True
+            conn.version_in_transaction = None
         return conn
 
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], tb: Any) -> None:
         if self._joined:
+            self._leave_savepoint(error)
             return
         conn = self._conn
         try:
@@ -437,15 +442,31 @@ class _Transaction:
                 self._roll_back()
                 raise _translate(exc, database_path(conn)) from exc
         finally:
+            if isinstance(conn, DeviceConnection):
+                conn.own_transaction = False
             self._restore_level()
+
+    def _leave_savepoint(self, error: Optional[BaseException]) -> None:
+        """End a joined block: keep its work, or undo it back to its savepoint."""
+        conn = self._conn
+        if not conn.in_transaction:  # SQLite rolled the whole transaction back already
+            self._forget_caches()
+            return
+        if error is not None:
+            conn.execute("ROLLBACK TO fieldsync_block")
+            self._forget_caches()
+        conn.execute("RELEASE fieldsync_block")
+
+    def _forget_caches(self) -> None:
+        if isinstance(self._conn, DeviceConnection):
+            # The copies may hold state of undone statements (a clock set back, stamps or
+            # totals never committed), and data_version does not change for our own undo.
+            self._conn.clock = self._conn.totals = None
 
     def _roll_back(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
-        if isinstance(self._conn, DeviceConnection):
-            # The clock copy may hold state of the rolled-back transaction (a clock set back,
-            # stamps never committed), and data_version does not change for our own rollback.
-            self._conn.clock = self._conn.totals = None
+        self._forget_caches()
 
     def _set_level(self) -> None:
         """Commit this transaction at the connection's level, or without fsync (NORMAL) if
@@ -481,13 +502,20 @@ class _Transaction:
             self._restore = None
 
 
+def caches_usable(conn: sqlite3.Connection) -> bool:
+    """Whether the connection's caches (clock, outbox totals) may be used and updated now:
+    outside a transaction, or inside one begun by `transaction()`. A transaction its caller
+    began by hand may be rolled back by hand, which the caches would not see."""
+    return isinstance(conn, DeviceConnection) and (conn.own_transaction or not conn.in_transaction)
+
+
 def data_version(conn: sqlite3.Connection) -> int:
     """`PRAGMA data_version`: it changes when another connection commits to the database.
 
-    On a DeviceConnection inside a transaction it is read once per transaction: no other
+    In a transaction begun by `transaction()` on a DeviceConnection it is read once: no other
     connection can commit while this one holds the write lock.
     """
-    if isinstance(conn, DeviceConnection) and conn.in_transaction:
+    if isinstance(conn, DeviceConnection) and conn.own_transaction and conn.in_transaction:
         if conn.version_in_transaction is None:
             conn.version_in_transaction = int(conn.execute("PRAGMA data_version").fetchone()[0])
         return conn.version_in_transaction

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Callable, NamedTuple, NoReturn, Optional, Union
 
-from device_agent.db import DeviceConnection, data_version, transaction
+from device_agent.db import DeviceConnection, caches_usable, data_version, transaction
 from device_agent.errors import NotFound, OutboxFull
 from device_agent.outbox_model import (
     DEFAULT_MAX_BYTES,
@@ -168,7 +168,7 @@ class Outbox:
         seq = totals.next_seqs[priority]
         insert_op(self._conn, op, seq, (data, size), now)
         self._conn.execute(GROW, (1, size, 1, 0, op.hlc, priority))
-        totals.grow(priority, [1, size, 1, 0])  # the connection's copy, if it is that
+        self._track([(priority, [1, size, 1, 0])])
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
         """Record several writes in one transaction: all of them are stored, or none.
@@ -230,9 +230,9 @@ class Outbox:
         """outbox_totals summed. A DeviceConnection keeps them between transactions, valid
         while no other connection has committed (data_version) and updated by `_apply`."""
         conn = self._conn
-        version = data_version(conn) if isinstance(conn, DeviceConnection) else None
+        version = data_version(conn) if caches_usable(conn) else None
         cached = getattr(conn, "totals", None)
-        if cached is not None and cached[0] == version:
+        if cached is not None and version is not None and cached[0] == version:
             return cached[1]  # type: ignore[no-any-return]
         ops = size = stale = 0
         next_seqs = {}
@@ -273,10 +273,19 @@ class Outbox:
             self._conn.execute(GROW, rows[0])
         else:
             self._conn.executemany(GROW, rows)
+        self._track(growth.items())
+
+    def _track(self, changes: Iterable[tuple[int, list[int]]]) -> None:
+        """Follow this connection's changes to outbox_totals in the copy it keeps, or drop
+        the copy in a transaction begun by hand (a rollback by hand would not reach it)."""
         cached = getattr(self._conn, "totals", None)
-        if cached is not None:
-            for priority, entry in growth.items():
-                cached[1].grow(priority, entry)
+        if cached is None:
+            return
+        if not caches_usable(self._conn):
+            self._conn.totals = None  # type: ignore[attr-defined]
+            return
+        for priority, entry in changes:
+            cached[1].grow(priority, entry)
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -394,11 +403,12 @@ class Outbox:
             growth.add(priority, -1, -size, 0, 1)
         left = totals.ops - len(rows)
         stale = totals.stale + len(rows)
-        self._apply(growth)  # (updates `totals` in place when it is the connection's copy)
+        self._apply(growth)  # (may update `totals` in place: it can be the connection's copy)
         if left == 0 or stale > max(SWEEP_STALE_KEYS_ABOVE, left):
             self._conn.execute(FORGET_ALL_KEYS if left == 0 else FORGET_STALE_KEYS)
             self._conn.execute(NO_STALE_KEYS)
-            self._conn.totals = None  # type: ignore[attr-defined]
+            if isinstance(self._conn, DeviceConnection):
+                self._conn.totals = None
         return len(rows)
 
     def release(self, op_ids: Iterable[str], *, error: str, retry_at: float) -> int:
@@ -653,11 +663,9 @@ def _prepare(item: WriteItem, placeholder_hlc: str) -> _Draft:
     return _draft(*item, placeholder_hlc=placeholder_hlc)  # type: ignore[misc]
 
 
-# Priority.parse for the values it is usually given (a bool is not a priority: not here).
-_PRIORITY_OF: dict[object, Priority] = {
-    **{priority: priority for priority in Priority},
-    **{int(priority): priority for priority in Priority},
-}
+# Priority.parse for the values it is usually given: members and plain ints (members hash
+# and compare like their numbers).
+_PRIORITY_OF: dict[object, Priority] = {priority: priority for priority in Priority}
 
 
 def _draft(
@@ -670,7 +678,7 @@ def _draft(
     placeholder_hlc: str,
 ) -> _Draft:
     """A validated write: its fields, its data encoded once, and its stored size."""
-    known = _PRIORITY_OF.get(priority) if type(priority) is not bool else None
+    known = _PRIORITY_OF.get(priority) if type(priority) in (int, Priority) else None
     priority = known if known is not None else Priority.parse(priority)
     kind_value = kind.value if isinstance(kind, OpKind) else kind
     checked = encode_valid_write(

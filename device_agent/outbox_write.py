@@ -11,6 +11,7 @@ merge safe.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 import time
@@ -109,10 +110,10 @@ def new_op_ids(count: int) -> list[str]:
     """`count` new op ids: UUIDs of version 7 (time-ordered), as strings.
 
     48 bits of Unix milliseconds, then a 12-bit sequence (4096 ids per ms keep their order),
-    then 62 bits drawn at random once per call and counted up for each id of the call. Time
-    order keeps the op_id index local: acking the oldest ops touches a few adjacent index
-    pages instead of one random page per op. Ids are unique, not secret: the bits come from
-    `random` (seeded by the OS, and again in a forked child), not a system call per write.
+    then 62 bits drawn at random once per call and counted up for each id of the call, so
+    ids sort in the order they were made (delivery's op_id index stays local). Ids are
+    unique, not secret: the bits come from a generator seeded by the OS, not a system call
+    per write.
     """
     millis = time.time_ns() // 1_000_000
     drawn = _random_bits(64)
@@ -131,19 +132,19 @@ def new_op_ids(count: int) -> list[str]:
 
 
 _LOW_48 = (1 << 48) - 1
+# Op id bits: a generator of the agent's own, seeded by the OS (an application seeding the
+# `random` module must not make ids repeat), and seeded again in a forked child.
+_ids_random = random.Random()
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_ids_random.seed)
+_random_bits = _ids_random.getrandbits
 
 
 def new_op_id() -> str:
-    """`new_op_ids(1)[0]`, for the one op of `Outbox.record`."""
+    """`new_op_ids(1)[0]` without the loop, for the one op of `Outbox.record`."""
     stamp = f"{time.time_ns() // 1_000_000:012x}"
-    drawn = _random_bits(74)  # 12 bits, 14 bits and 48 bits
-    return (
-        f"{stamp[:8]}-{stamp[8:]}-7{drawn >> 62:03x}-{0x8000 | (drawn >> 48) & 0x3FFF:04x}-"
-        f"{drawn & _LOW_48:012x}"
-    )
-
-
-_random_bits = random.getrandbits
+    drawn = _random_bits(64)
+    return f"{stamp[:8]}-{stamp[8:]}-7000-{0x8000 | (drawn >> 50):04x}-{drawn & _LOW_48:012x}"
 
 
 class _Slot:
@@ -216,7 +217,7 @@ def store_ops(
     returned for the only key of `ops`, when the caller has read it already.
     """
     slots = _newest_ops(conn, {(op.collection, op.key) for op in ops}, on_keys)
-    inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]] = []
+    inserts: list[Optional[tuple[Op, Optional[tuple[Optional[str], int]]]]] = []
     # New ops of this batch that are the newest on their key, by place in inserts: they get
     # a _Slot only if a later op of the batch is on the same key (rare; a slot costs more).
     fresh: dict[tuple[str, str], int] = {}
@@ -229,7 +230,9 @@ def store_ops(
         slot = slots.get(where)
         if slot is None and where in fresh:
             index = fresh.pop(where)
-            slot = slots[where] = _Slot(inserts[index][0], True, None, 0, index)
+            newest = inserts[index]
+            assert newest is not None  # (fresh only names places that hold an op)
+            slot = slots[where] = _Slot(newest[0], True, None, 0, index)
         merged = None
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
             merged = coalesce(slot.op, op)
@@ -239,9 +242,19 @@ def store_ops(
             inserts.append((op, None if encoded is None else encoded[position]))
             stored.append(op)
             continue
+        raised = merged.priority != slot.op.priority
         slot.op = merged
         stored.append(merged)
-        if slot.index is not None:
+        if slot.index is not None and raised:
+            # Merged into an op of this batch and more urgent now: to the end of the new
+            # priority's ops, as recording it alone would do (the old place stays empty).
+            inserts[slot.index] = None
+            since = enqueued.pop(slot.index, None)
+            slot.index = len(inserts)
+            inserts.append((merged, None))
+            if since is not None:
+                enqueued[slot.index] = since
+        elif slot.index is not None:
             inserts[slot.index] = (merged, None)
         elif slot.seq is not None and int(merged.priority) == slot.priority:
             updated[slot.seq] = slot
@@ -263,7 +276,7 @@ def store_ops(
 
 def _insert(
     conn: sqlite3.Connection,
-    inserts: list[tuple[Op, Optional[tuple[Optional[str], int]]]],
+    inserts: list[Optional[tuple[Op, Optional[tuple[Optional[str], int]]]]],
     enqueued: dict[int, float],
     next_seqs: dict[int, int],
     *,
@@ -271,9 +284,13 @@ def _insert(
     growth: Growth,
 ) -> None:
     """Insert new ops at the next seqs of their priorities (each op with its `encode(op)` if
-    known), enqueued `now` unless `enqueued` says otherwise, counting them in `growth`."""
+    known; None is a place left empty), enqueued `now` unless `enqueued` says otherwise,
+    counting them in `growth`."""
     rows = []
-    for place, (op, known) in enumerate(inserts):
+    for place, item in enumerate(inserts):
+        if item is None:  # an op that moved further down the batch
+            continue
+        op, known = item
         data, size = encode(op) if known is None else known
         priority = int(op.priority)
         seq = next_seqs[priority]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any, Callable, Optional
 
-from device_agent.db import DeviceConnection, data_version, transaction
+from device_agent.db import DeviceConnection, caches_usable, data_version, transaction
 from shared.contracts import HybridLogicalClock, parse_hlc
 from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall_clock_ms
 
@@ -150,14 +150,13 @@ class AgentState:
         return self.stamp_many(1)[0]
 
     def stamp_unsaved(self) -> str:
-        """One new HLC, for the outbox inside its transaction: `stamp_many(1, persist=False)`
-        without the list (it runs once per recorded write)."""
+        """One new HLC for the outbox, inside the transaction that stores it with the op:
+        `stamp_many(1, persist=False)` without the list (it runs once per recorded write)."""
         if not self._conn.in_transaction:
-            return self.stamp_many(1, persist=False)[0]
+            raise RuntimeError("stamp_unsaved() runs inside the transaction that saves it")
         cached = self._cached_clock()
         stamp = cached[1].send()
-        if isinstance(self._conn, DeviceConnection):
-            self._conn.clock = cached
+        self._keep_clock(cached)
         return stamp
 
     def stamp_many(self, count: int, *, persist: bool = True) -> list[str]:
@@ -186,15 +185,19 @@ class AgentState:
             clock.receive(stamps[-1])
         if persist:
             self._save_clock(stamps[-1], correction)
-        if isinstance(self._conn, DeviceConnection):
-            self._conn.clock = (version, clock, correction)
+        self._keep_clock((version, clock, correction))
         return stamps
+
+    def _keep_clock(self, cached: tuple[int, HybridLogicalClock, int]) -> None:
+        """Keep the clock on the connection for the next stamp, where caches are usable."""
+        if isinstance(self._conn, DeviceConnection):
+            self._conn.clock = cached if caches_usable(self._conn) else None
 
     def _cached_clock(self) -> tuple[int, HybridLogicalClock, int]:
         """The persisted clock, read again only when another connection has committed since
         this one last used it (a stamp per write would otherwise re-read and re-parse it)."""
         version = data_version(self._conn)
-        cached = getattr(self._conn, "clock", None)
+        cached = getattr(self._conn, "clock", None) if caches_usable(self._conn) else None
         if cached is not None and cached[0] == version:
             return cached  # type: ignore[no-any-return]
         clock, correction = self._load_clock()

@@ -192,6 +192,32 @@ def test_a_batch_over_several_collections_merges_each_key_in_its_own_collection(
     assert store.outbox.depth() == 3
 
 
+def test_a_batch_raising_a_new_ops_priority_claims_in_the_order_one_by_one_would(tmp_path):
+    writes = [
+        ("items", "k", "put", {"a": 1}, "normal"),
+        ("items", "c", "put", {"c": 1}, "high"),
+        ("items", "k", "patch", {"b": 2}, "high"),  # merges into the batch's first op
+    ]
+    batched = open_store(tmp_path / "batched.db", device_id="d")
+    single = open_store(tmp_path / "single.db", device_id="d")
+
+    batched.outbox.record_many(writes)
+    for write in writes:
+        single.outbox.record(*write)
+
+    def order(store: Store) -> list[tuple]:
+        return [(p.op.key, p.op.priority, p.op.data) for p in store.outbox.claim()]
+
+    assert (
+        order(batched)
+        == order(single)
+        == [
+            ("c", Priority.HIGH, {"c": 1}),
+            ("k", Priority.HIGH, {"a": 1, "b": 2}),
+        ]
+    )
+
+
 # --- the property: coalescing never changes what the server ends up with -------------------
 
 FIELDS = ("a", "b", "c")

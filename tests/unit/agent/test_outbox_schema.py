@@ -769,3 +769,88 @@ def test_writes_rolled_back_with_an_outer_transaction_leave_the_totals_as_commit
     with pytest.raises(OutboxFull):
         put(store, "fourth")
     assert totals(store.conn) == counted(store.conn)
+
+
+def test_a_transaction_begun_by_hand_sees_another_connections_commit(tmp_path: Path) -> None:
+    # Given two connections to one outbox, the first keeping its totals and clock
+    first = open_store(tmp_path / "agent.db", device_id="dev")
+    second = open_store(tmp_path / "agent.db")
+    put(first, "a")
+    put(second, "b")  # commits: the first connection's copies are out of date
+    # When the first records inside a transaction its caller began by hand
+    first.conn.execute("BEGIN IMMEDIATE")
+    op = put(first, "c")
+    first.conn.execute("COMMIT")
+    # Then it used the committed totals and clock: a fresh seq, a stamp above the others
+    assert op.hlc > max(o.hlc for o in first.outbox.pending_for("items", "b"))
+    assert totals(first.conn) == counted(first.conn)
+    assert first.outbox.depth() == 3 == second.outbox.depth()
+
+
+def test_a_rollback_by_hand_leaves_the_totals_as_committed(tmp_path: Path) -> None:
+    # Given an outbox of three ops
+    store = open_store(tmp_path / "agent.db", device_id="dev", max_ops=4)
+    ops = [put(store, key) for key in ("a", "b", "c")]
+    # When an ack inside a transaction begun by hand is rolled back by hand
+    store.conn.execute("BEGIN IMMEDIATE")
+    assert store.outbox.ack([ops[0].op_id]) == 1
+    store.conn.execute("ROLLBACK")
+    # Then the outbox still counts three ops: one more fits, a fifth does not
+    assert store.outbox.depth() == 3
+    put(store, "d")
+    with pytest.raises(OutboxFull):
+        put(store, "e")
+    # And emptying it for real leaves no op without its key row
+    assert store.outbox.ack([op.op_id for op in ops]) == 3
+    for key in ("d",):
+        assert [op.key for op in store.outbox.pending_for("items", key)] == [key]
+    assert totals(store.conn) == counted(store.conn)
+
+
+def test_an_outbox_on_a_plain_sqlite3_connection_records_and_empties(tmp_path: Path) -> None:
+    # Given an outbox opened on a plain sqlite3 connection (no caches on it)
+    path = tmp_path / "agent.db"
+    open_database(path).close()
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    outbox = Outbox(conn, AgentState(conn))
+    ops = [outbox.record("items", key, OpKind.PUT, {"v": 1}) for key in ("a", "b")]
+    # When every op is acked (which sweeps the key rows)
+    assert outbox.ack([op.op_id for op in ops]) == 2
+    # Then the outbox is empty and counted so
+    assert outbox.depth() == 0
+    assert totals(conn) == counted(conn)
+    assert key_rows(conn) == []
+
+
+def test_op_ids_do_not_repeat_when_the_application_seeds_random() -> None:
+    import random
+
+    from device_agent import outbox_write
+
+    # The ids' random part (the rest is the clock and a counter) ignores the global seed:
+    # the same seed twice gives different bits, so ids made in one millisecond differ.
+    random.seed(7)
+    first = outbox_write.new_op_id()
+    random.seed(7)
+    second = outbox_write.new_op_id()
+    assert first.split("-")[3:] != second.split("-")[3:]
+
+
+def test_a_refused_write_caught_inside_an_outer_transaction_leaves_the_rest_to_commit(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox with room for two ops
+    store = open_store(tmp_path / "agent.db", device_id="dev", max_ops=2)
+    # When an outer transaction records two writes, then a batch that is refused and caught,
+    # then commits
+    with transaction(store.conn):
+        put(store, "a")
+        put(store, "a", more=1)  # merges into the first
+        put(store, "b")
+        with pytest.raises(OutboxFull):
+            store.outbox.record_many([("items", "c", OpKind.PUT, {"v": 1})] * 2)
+    # Then what was recorded before the refusal is there, counted, and nothing else
+    assert sorted(p.op.key for p in store.outbox.claim()) == ["a", "b"]
+    assert store.outbox.depth() == 2
+    assert totals(store.conn) == counted(store.conn)
+    assert key_rows(store.conn, "c") == []
