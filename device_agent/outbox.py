@@ -147,15 +147,7 @@ class Outbox:
             if on_key:  # the key has ops (or stale rows): the general path, which may merge
                 return self._store([draft], [stamp], now, on_key)[0]
             # The common case, kept to the statements it needs: a key with no op pending.
-            op = make_op(
-                op_id=new_op_id(),
-                collection=draft.collection,
-                key=draft.key,
-                kind=draft.kind,
-                hlc=stamp,
-                data=draft.data,
-                priority=draft.priority,
-            )
+            op = draft.op(new_op_id(), stamp)
             self._insert_new(op, draft.text, draft.size, now)
         return op
 
@@ -201,18 +193,7 @@ class Outbox:
         on_keys: Optional[list[Any]] = None,
     ) -> list[Op]:
         """Store stamped drafts in the open transaction (outbox_write.store_ops)."""
-        ops = [
-            make_op(
-                op_id=op_id,
-                collection=d.collection,
-                key=d.key,
-                kind=d.kind,
-                hlc=hlc,
-                data=d.data,
-                priority=d.priority,
-            )
-            for d, op_id, hlc in zip(drafts, new_op_ids(len(drafts)), stamps)
-        ]
+        ops = [d.op(op_id, hlc) for d, op_id, hlc in zip(drafts, new_op_ids(len(drafts)), stamps)]
         totals = self._totals()
         stored, growth = store_ops(
             self._conn,
@@ -651,6 +632,18 @@ class _Draft(NamedTuple):
     priority: Priority
     text: Optional[str]
     size: int
+
+    def op(self, op_id: str, hlc: str) -> Op:
+        """The op this write becomes with its id and stamp."""
+        return make_op(
+            op_id=op_id,
+            collection=self.collection,
+            key=self.key,
+            kind=self.kind,
+            hlc=hlc,
+            data=self.data,
+            priority=self.priority,
+        )
 
 
 # An op id for parse_op when it decides about a write (ids all have the same length).
