@@ -1,6 +1,7 @@
-"""Outbox schema version 2: the v1 -> v2 migration, seqs in priority bands, totals kept by the
-outbox code, ops by key in outbox_keys (stale rows after large-backlog acks) and the clock
-cached on the connection."""
+"""The outbox's layout (schema versions 2 and 3): the v1 -> v2 -> v3 migrations, seqs in
+priority bands, totals kept by the outbox code (and the copy each connection keeps), ops by
+key in outbox_keys (stale rows after large-backlog acks), ops found by id through delivery,
+and the clock cached on the connection."""
 
 from __future__ import annotations
 
