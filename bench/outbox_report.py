@@ -257,8 +257,10 @@ def _drain_table(backlog: dict[str, Any]) -> str:
     ]
     return (
         "Drain rate against backlog size (`claim(limit=100)` + `ack` until the sample is "
-        "drained; a backlog smaller than the sample is drained whole and rebuilt, only the "
-        "drains are timed; the largest is the backlog above):\n\n"
+        "drained, 1,000 ops from each size in turn so that all sizes share the machine's "
+        "minutes; a backlog smaller than the sample is drained whole and refilled, only the "
+        "drains are timed; a process of its own, with all sizes open, peak RSS "
+        f"{_fmt(backlog.get('drain_sizes_peak_rss_mib'), 1)} MiB):\n\n"
         + table(["ops pending", "ops drained", "drain, ops/s", "vs 1,000 pending"], rows)
     )
 
