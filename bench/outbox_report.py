@@ -66,8 +66,8 @@ statement, and the outbox has no op id index (delivery carries the ids of ops ha
   a key index (their `outbox_keys` rows are left stale and swept in bulk) and a claimed
   batch is a run of neighbouring rows. An ack is one `DELETE ... RETURNING` through
   `delivery`'s op id index; persist-queue pays two fsyncs per op instead. Measured with all
-  sizes in turn, a 1,000-op backlog still drains ~10 % faster than the larger ones (its
-  B-trees are shallow and it empties, so its key rows go in one statement): 0.89-0.92x in
+  sizes in turn, a 1,000-op backlog still drains ~10 % faster than the larger ones (likely
+  its shallow B-trees; not yet pinned down): 0.89-0.92x in
   three runs of version 3, and 0.86x for version 2 with the same method. Drawn one size
   after another, as before, the machine's drift between minutes hid this either way.
 - **Claim** walks the table in seq order with the small `delivery` table joined (only ops
