@@ -325,26 +325,23 @@ class Outbox:
         in one statement through delivery's op_id index, any others by a scan."""
         if not HAS_RETURNING:
             return self._remove(list(self._seqs(op_ids).values()))
-        rows = self._conn.execute(REMOVE_HANDED_OUT, {"ids": json.dumps(op_ids)}).fetchall()
-        if len(rows) < len(op_ids):
-            found = {row[0] for row in rows}
-            rest = json.dumps([op_id for op_id in op_ids if op_id not in found])
-            rows += self._conn.execute(REMOVE_SCANNED, {"ids": rest}).fetchall()
+        rows = self._by_ids(REMOVE_HANDED_OUT, REMOVE_SCANNED, op_ids)
         return self._count_removed([(priority, size) for _, priority, size in rows])
 
     def _seqs(self, op_ids: list[str]) -> dict[str, int]:
-        """The seqs of the named ops still in the outbox, by op id (at most CHUNK ids).
+        """The seqs of the named ops still in the outbox, by op id (at most CHUNK ids)."""
+        return dict(self._by_ids(SEQS_HANDED_OUT, SEQS_SCANNED, op_ids))
 
-        Ops handed out are found through delivery's index; the others (never claimed: only
-        direct callers name those) by scanning the outbox, which has no op_id index.
-        """
-        found: dict[str, int] = dict(
-            self._conn.execute(SEQS_HANDED_OUT, {"ids": json.dumps(op_ids)}).fetchall()
-        )
-        if len(found) < len(op_ids):
-            rest = [op_id for op_id in op_ids if op_id not in found]
-            found.update(self._conn.execute(SEQS_SCANNED, {"ids": json.dumps(rest)}).fetchall())
-        return found
+    def _by_ids(self, handed_out: str, scanned: str, op_ids: list[str]) -> list[Any]:
+        """Rows (op id first) of a statement on the named ops: `handed_out` finds them
+        through delivery's op_id index, `scanned` the ids it missed by scanning the outbox,
+        which has no op_id index (never-claimed ops: only direct callers name those)."""
+        rows: list[Any] = self._conn.execute(handed_out, {"ids": json.dumps(op_ids)}).fetchall()
+        if len(rows) < len(op_ids):
+            found = {row[0] for row in rows}
+            rest = json.dumps([op_id for op_id in op_ids if op_id not in found])
+            rows += self._conn.execute(scanned, {"ids": rest}).fetchall()
+        return rows
 
     def _seq(self, op_id: str, missing: str) -> int:
         """The seq of one op in the outbox; NotFound with `missing` as the message if none."""
@@ -538,7 +535,7 @@ class Outbox:
             )
             self._conn.execute("DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id})
             self._apply(growth)
-            return pending_from_row(self._conn.execute(BY_SEQ, {"seq": seq}).fetchone()).op
+            return self._pending_at(seq).op
 
     def drop_quarantined(self, op_id: str) -> None:
         """Delete a quarantined op for good (an operator's decision)."""
@@ -566,6 +563,9 @@ class Outbox:
         tools and tests, not for a loop over a large backlog.
         """
         seq = self._seq(op_id, f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
+        return self._pending_at(seq)
+
+    def _pending_at(self, seq: int) -> PendingOp:
         return pending_from_row(self._conn.execute(BY_SEQ, {"seq": seq}).fetchone())
 
     def depth(self) -> int:
