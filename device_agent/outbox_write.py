@@ -1,11 +1,11 @@
 """Storing newly recorded ops: coalescing into the newest op of a key, then batch writes.
 
-Coalescing keeps the outbox small when a key is written repeatedly offline (a form saved
-field by field, a counter updated every second) without changing what the server ends up
-with. A new op only ever merges into the newest op on its key, and only while that op has
-never been handed to a sender (it has no `delivery` row): then no op of this device stamped
-between the two can exist anywhere, in the outbox or on the server, which is what makes the
-merge safe.
+Coalescing keeps the outbox small when a key is written repeatedly offline (a document saved
+again and again, a counter updated every second) without changing what the server ends up
+with, whatever other devices write meanwhile (`coalesce` says which pairs qualify). A new op
+only ever replaces the newest op on its key, and only while that op has never been handed to
+a sender (it has no `delivery` row): then no op of this device stamped between the two can
+exist anywhere, in the outbox or on the server, which is what makes the replacement safe.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from device_agent.outbox_model import op_from_row
 from device_agent.outbox_sql import FORGET_KEY
-from shared.contracts import ContractError, Op, OpKind, Priority, parse_op
+from shared.contracts import ContractError, Op, OpKind
 from shared.contracts.model import compact_json
 from shared.contracts.validation import Problem
 
@@ -53,40 +53,28 @@ _UPDATE = (
 
 
 def coalesce(older: Op, newer: Op) -> Optional[Op]:
-    """One op with the effect of `older` followed by `newer` on the same key, or None.
+    """The one op with exactly the effect of `older` followed by `newer` on the same key, or
+    None when there is none (both are then kept).
 
-    - a put or delete replaces whatever came before: its reset erases the older op entirely,
-      so this case is exact, clocks included;
-    - a patch over a patch: the union of fields, newer values winning;
-    - a patch over a put (or a delete, the put of the empty document): a put of the updated
-      document (null fields dropped).
-    The result carries `newer`'s op id and HLC and the more urgent priority. Only the newer HLC
-    is above every field the pair wrote: the older one would let the server keep a stale field
-    that the newer op overwrote. The visible document then equals the one sending both leaves;
-    the per-field clocks differ (fields of the older op carry the newer HLC). None when the
-    merged op would be too large to send.
+    - a put or delete replaces whatever came before: its reset erases everything the older op
+      wrote, whatever other devices wrote in between;
+    - a patch replaces an older patch that names no field the newer one does not: each field
+      of the older one is written again, at the newer HLC;
+    - any other pair is kept as it is. A patch merged into an older put, or two patches on
+      different fields merged into one, would carry the newer HLC for what the older op
+      wrote: a put at that HLC would erase fields another device wrote between the two, and
+      an older value would beat that device's newer one.
+    The result is `newer` with the more urgent priority of the two. Whatever reaches the
+    server, in any order and with any other device's writes, ends as if both were sent.
     """
-    priority = min(older.priority, newer.priority)
-    if newer.kind is not OpKind.PATCH:
-        return _with(newer, newer.kind, newer.data, priority)
-    patch = newer.data or {}
-    if older.kind is OpKind.PATCH:
-        return _checked(_with(newer, OpKind.PATCH, {**(older.data or {}), **patch}, priority))
-    base = older.data or {} if older.kind is OpKind.PUT else {}
-    document = {name: value for name, value in {**base, **patch}.items() if value is not None}
-    return _checked(_with(newer, OpKind.PUT, document, priority))
-
-
-def _with(op: Op, kind: OpKind, data: Optional[dict[str, object]], priority: Priority) -> Op:
-    return Op(op.op_id, op.collection, op.key, kind, op.hlc, data, priority)
-
-
-def _checked(op: Op) -> Optional[Op]:
-    try:
-        parse_op(op.to_wire())
-    except ContractError:
+    if newer.kind is OpKind.PATCH and not (
+        older.kind is OpKind.PATCH and (older.data or {}).keys() <= (newer.data or {}).keys()
+    ):
         return None
-    return op
+    priority = min(older.priority, newer.priority)
+    if priority == newer.priority:
+        return newer
+    return Op(newer.op_id, newer.collection, newer.key, newer.kind, newer.hlc, newer.data, priority)
 
 
 def encode(op: Op) -> tuple[Optional[str], int]:

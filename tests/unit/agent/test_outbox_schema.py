@@ -344,12 +344,13 @@ def test_writes_after_the_migration_get_larger_seqs_in_their_band_and_coalesce(
     outbox = Outbox(conn, state, now=FakeTime())
     before = seqs_by_op(conn)
 
-    # A patch on "a" merges into n3 (pending, never handed out) in place, not into n1.
-    merged = outbox.record("items", "a", OpKind.PATCH, {"more": 1})
+    # A patch on "a" naming n3's fields replaces n3 (pending, never handed out) in place,
+    # not n1.
+    merged = outbox.record("items", "a", OpKind.PATCH, {"name": "n4", "n": 6, "more": 1})
     assert merged.hlc > max(op.hlc for op in ops.values())
     assert parse_hlc(merged.hlc).node == V1_NODE
     assert outbox.pending_for("items", "a") == [ops["n1"], merged]
-    assert merged.data == {"name": "n3", "n": 5, "more": 1}
+    assert merged.data == {"name": "n4", "n": 6, "more": 1}
     assert outbox.get(merged.op_id).seq == before[ops["n3"].op_id]
     # New ops land in their bands above every older seq there.
     fresh = {p: outbox.record("items", f"new-{p.name}", OpKind.PUT, {"v": 1}, p) for p in Priority}
@@ -572,9 +573,9 @@ def test_acks_leave_stale_key_rows_that_readers_skip(lazy_store: Store) -> None:
     assert key_rows(store.conn, "k0") == [("items", "k0", store.outbox.get(patch.op_id).seq)]
     assert stale_key_rows(store.conn) == 9
     assert store.outbox.depth() == 11
-    # A write on a live key still merges into its op.
-    merged = store.outbox.record("items", "k10", OpKind.PATCH, {"x": 2})
-    assert (merged.kind, merged.data) == (OpKind.PUT, {"v": "k10", "x": 2})
+    # A write on a live key still replaces its op.
+    merged = store.outbox.record("items", "k10", OpKind.PUT, {"x": 2})
+    assert (merged.kind, merged.data) == (OpKind.PUT, {"x": 2})
     assert store.outbox.pending_for("items", "k10") == [merged]
     assert store.outbox.depth() == 11
 
@@ -629,7 +630,7 @@ def test_quarantine_on_a_large_backlog_leaves_a_stale_row_and_retry_lists_the_op
 # --- 4. a merge that raises the priority moves the op up the claim order ----------------
 
 
-def test_a_merge_that_raises_the_priority_is_claimed_first_with_that_priority(
+def test_a_replacement_that_raises_the_priority_is_claimed_first_with_that_priority(
     tmp_path: Path,
 ) -> None:
     clock = FakeTime()
@@ -639,7 +640,7 @@ def test_a_merge_that_raises_the_priority_is_claimed_first_with_that_priority(
     old_seq = store.outbox.get(first.op_id).seq
     clock.value += 60
 
-    patch = store.outbox.record("items", "A", OpKind.PATCH, {"b": 2}, Priority.CRITICAL)
+    patch = store.outbox.record("items", "A", OpKind.PUT, {"a": 1, "b": 2}, Priority.CRITICAL)
 
     head = store.outbox.claim(limit=1)
     assert [p.op for p in head] == [patch]
@@ -667,7 +668,7 @@ def test_a_raised_op_goes_behind_ops_already_in_its_new_band(tmp_path: Path) -> 
     put(store, "h", Priority.HIGH)
     put(store, "c", Priority.CRITICAL)
 
-    store.outbox.record("items", "A", OpKind.PATCH, {"x": 1}, Priority.HIGH)
+    store.outbox.record("items", "A", OpKind.PUT, {"x": 1}, Priority.HIGH)
 
     claimed = store.outbox.claim(limit=10)
     assert [(p.op.key, p.op.priority) for p in claimed] == [
@@ -682,7 +683,7 @@ def test_a_batch_raising_a_priority_claims_in_the_order_one_by_one_recording_wou
     tmp_path: Path,
 ) -> None:
     writes: list[Any] = [
-        ("items", "A", "patch", {"x": 1}, "critical"),
+        ("items", "A", "put", {"x": 1}, "critical"),
         ("items", "B", "put", {"y": 1}, "critical"),
     ]
     batched = open_store(tmp_path / "batched.db", device_id="dev")
