@@ -21,6 +21,8 @@ from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall
 
 # Below this a measured offset is network delay, not a wrong clock: do not correct for it.
 CLOCK_CORRECTION_THRESHOLD_MS = 2_000
+# kv row: the greatest stamp of ours the cloud took (AgentState.note_accepted).
+ACCEPTED = "accepted_hlc"
 
 
 class Connectivity(str, Enum):
@@ -240,14 +242,28 @@ class AgentState:
         The only time the clock goes back: the server refused stamps from our future, so the
         persisted clock restarts at `server_time` and follows the corrected wall clock from
         there. Re-stamp the pending ops afterwards (Outbox.restamp) so their order holds.
+        It never restarts below a stamp of ours the cloud took (`note_accepted`): it took
+        those while they were within its skew, and a newer write of ours stamped below one
+        would lose to it.
         """
         server = parse_hlc(server_time)
         with transaction(self._conn):
             offset = server.physical_ms - self._now_ms()
             restart = format_hlc(server.physical_ms, server.logical, self.device_id)
+            accepted = self._get(ACCEPTED)
+            if isinstance(accepted, str) and accepted:
+                taken = parse_hlc(accepted)
+                restart = max(restart, format_hlc(taken.physical_ms, taken.logical, self.device_id))
             self._save_clock(restart, offset)
             self._forget_recorded()
             self._update_stats({"clock_offset_ms": offset})
+
+    def note_accepted(self, hlc: str) -> None:
+        """Remember `hlc`, a stamp of ours the cloud took responsibility for, if it is the
+        greatest so far: the floor of `restamp_clock`. Part of the caller's transaction."""
+        accepted = self._get(ACCEPTED)
+        if not isinstance(accepted, str) or hlc > accepted:
+            self._put(ACCEPTED, hlc)
 
     def _load_clock(self, correction: Optional[int] = None) -> tuple[HybridLogicalClock, int]:
         raw = self._get("clock") or {}

@@ -252,6 +252,7 @@ class SyncEngine:
         acks: list[str] = []
         ahead: list[PendingOp] = []
         missing: list[PendingOp] = []
+        accepted = ""  # the greatest stamp among the ops the cloud took
         with transaction(self.state.conn):
             for pending in batch:
                 result = results.get(pending.op.op_id)
@@ -264,6 +265,7 @@ class SyncEngine:
                     if result.status in _FOLD and result.record is not None:
                         self.replica.apply(result.record)
                     acks.append(pending.op.op_id)
+                    accepted = max(accepted, pending.op.hlc)
                     summary.count(result.status)
                 elif result.error is not None and result.error.code is ErrorCode.CLOCK_AHEAD:
                     ahead.append(pending)
@@ -275,6 +277,8 @@ class SyncEngine:
                     summary.quarantined += 1
                     summary.error(f"op {pending.op.op_id} rejected: {code}: {message}")
             self.outbox.ack(acks)
+            if accepted:
+                self.state.note_accepted(accepted)
             for op_id in acks:
                 self._restamps.pop(op_id, None)
             if missing:

@@ -214,6 +214,27 @@ def test_a_device_clock_ahead_of_the_cloud_is_corrected_and_its_ops_restamped(
     assert agent.status()["clock_offset_ms"] == pytest.approx(-hour_ms, abs=60_000)
 
 
+def test_a_restamped_write_still_beats_an_earlier_write_of_ours_the_cloud_took(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a device 200 s ahead (within the cloud's skew) whose first write was applied
+    wall = {"ahead_ms": 200_000}
+    agent = rig.agent()
+    # (the wall clock the agent reads: moved by the test)
+    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+    earlier = agent.put("prefs", "k", {"v": "earlier"})
+    assert agent.sync(timeout=10).synced
+    # When its wall clock jumps further ahead, past the skew, and it writes the key again
+    wall["ahead_ms"] = 900_000
+    later = agent.put("prefs", "k", {"v": "later"})
+    summary = agent.sync(timeout=10)
+    # Then the re-stamped write is stamped above the one the cloud took, and wins
+    assert summary.synced and summary.restamped == 1
+    assert server.applied[earlier] == 1 and server.applied[later] == 1
+    assert server.document("prefs", "k") == {"v": "later"}
+    assert agent.get("prefs", "k") == {"v": "later"}
+
+
 # -- push: whole-request errors ---------------------------------------------------------
 
 
