@@ -275,6 +275,8 @@ class Agent:
             engine.round(summary, deadline=deadline)
             if summary.synced or summary.stopped_by in _SETTLED:
                 break
+            if summary.stopped_by is None and not summary.pushed_all:
+                continue  # the push used its share of the round, then pulled: push on now
             attempt += 1
             if attempt >= self.max_attempts:
                 break

@@ -58,11 +58,15 @@ class SyncConfig:
     lease_s: float = 120.0
     max_restamps: int = 3
     defer_s: float = 60.0  # how long an op the cloud did not settle waits before a resend
+    # The longest a round pushes before it pulls: a backlog that takes longer to send does
+    # not hold back the changes other devices made (the next round pushes on).
+    push_slice_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.batch_ops = max(1, min(self.batch_ops, limits.MAX_OPS_PER_BATCH))
         self.batch_bytes = max(1024, min(self.batch_bytes, limits.MAX_BATCH_BYTES))
         self.pull_limit = max(1, min(self.pull_limit, limits.MAX_CHANGES_LIMIT))
+        self.push_slice_s = max(0.1, self.push_slice_s)  # each round sends a batch at least
 
 
 class SyncEngine:
@@ -100,12 +104,19 @@ class SyncEngine:
         deadline: Optional[float] = None,
         pull: bool = True,
     ) -> ProcessingSummary:
-        """Push everything ready, then pull until up to date (pull runs even when push hit a
-        transient failure, so pending pushes never hold back incoming changes)."""
+        """Push everything ready, then pull until up to date. Pending pushes never hold back
+        incoming changes: the pull runs after most push failures, and after `push_slice_s`
+        of pushing (the round then ends with `pushed_all` False and no `stopped_by`: the
+        next round pushes on)."""
         summary = summary or ProcessingSummary()
         started = time.monotonic()
         requests_before = summary.requests
-        push_failure = self._guard(lambda: self.push(summary, deadline=deadline))
+        slice_end = started + self.config.push_slice_s
+        push_deadline = slice_end if deadline is None else min(deadline, slice_end)
+        push_failure = self._guard(lambda: self.push(summary, deadline=push_deadline))
+        sliced = push_failure == "timeout" and push_deadline == slice_end
+        if sliced and (deadline is None or time.monotonic() < deadline):
+            push_failure = None  # not a failure: time to pull
         pull_failure: Union[Failure, str, None] = None
         # Pull anyway after most push failures (a 503 on batches may leave reads working), but
         # not when it cannot help: offline, token refused, told to slow down (429), or stopping.
@@ -116,7 +127,7 @@ class SyncEngine:
         )
         if pull and not hopeless:
             pull_failure = self._guard(lambda: self.pull(summary, deadline=deadline))
-        summary.pushed_all = push_failure is None
+        summary.pushed_all = push_failure is None and not sliced
         summary.pulled_all = pull and not hopeless and pull_failure is None
         failure = push_failure if push_failure is not None else pull_failure
         if failure is not None:

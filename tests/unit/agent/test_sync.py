@@ -388,6 +388,37 @@ def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServe
     assert agent.status()["pending"] == 1
 
 
+def test_pull_is_not_blocked_by_a_backlog_slower_to_send_than_the_sync_allows(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a slow cloud and more ops than the sync's time can send
+    agent = rig.agent(max_attempts=1, sync_config=SyncConfig(batch_ops=1, push_slice_s=0.5))
+    for n in range(30):
+        agent.put("prefs", f"k{n}", {"n": n})
+    server.write_as_other_device(other_device_op(OpKind.PUT, "theirs", {"b": 2}, ahead_ms=0))
+    server.batch_delay_s = 0.1
+    # When it syncs for less time than the backlog needs
+    summary = agent.sync(timeout=2)
+    # Then the other device's change was pulled all the same, between slices of pushing
+    assert agent.get("prefs", "theirs") == {"b": 2}
+    assert summary.pulled >= 1 and summary.stopped_by == "timeout"
+    assert 0 < agent.status()["pending"] < 30
+
+
+def test_a_backlog_pushed_in_slices_is_sent_whole_in_one_sync(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    agent = rig.agent(max_attempts=1, sync_config=SyncConfig(batch_ops=1, push_slice_s=0.2))
+    ids = [agent.put("prefs", f"k{n}", {"n": n}) for n in range(12)]
+    server.batch_delay_s = 0.05
+
+    summary = agent.sync(timeout=30)
+
+    assert summary.synced and summary.applied == 12
+    assert all(server.applied[op_id] == 1 for op_id in ids)
+    assert len(server.requests_to("/v1/changes")) >= 2  # a pull after each slice
+
+
 def test_an_op_still_clock_ahead_after_restamping_is_deferred_not_looped(
     rig: Rig, server: ProtocolServer
 ) -> None:
