@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import os
 import re
@@ -22,10 +23,10 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from device_agent.backoff import ExponentialBackoff, RetryPolicy
-from device_agent.db import open_database
+from device_agent.db import database_error, is_unusable, open_database
 from device_agent.errors import DatabaseError, NotConfigured
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
@@ -42,6 +43,25 @@ TransportFactory = Callable[[str, str], Transport]
 """(endpoint, token) -> Transport. Tests pass one that wraps HttpTransport in a FaultTransport."""
 
 _SETTLED = ("auth", "timeout", "stopped")
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _naming_the_file(method: _Method) -> _Method:
+    """A database found unusable after opening (corrupt pages, locked, disk full) raises
+    DatabaseError naming the file and what to do, as opening it would."""
+
+    @functools.wraps(method)
+    def checked(self: Agent, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            if not is_unusable(exc):
+                raise
+            raise database_error(exc, self.path) from exc
+
+    return cast(_Method, checked)
+
+
 # A cloud-issued token: `fs1.<base64url(device id), unpadded>.<43+ chars of secret>` (the
 # format of shared/dal/devices.py, restated here: the agent does not import the DAL).
 _TOKEN_PREFIX = "fs1"  # noqa: S105 - a format marker, not a secret
@@ -165,6 +185,7 @@ class Agent:
 
     # -- writes and reads ----------------------------------------------------------------
 
+    @_naming_the_file
     def put(
         self,
         collection: str,
@@ -176,6 +197,7 @@ class Agent:
         """Record a whole-document write (works offline); returns the op id."""
         return self.outbox.record(collection, key, OpKind.PUT, data, Priority.parse(priority)).op_id
 
+    @_naming_the_file
     def patch(
         self,
         collection: str,
@@ -189,6 +211,7 @@ class Agent:
             collection, key, OpKind.PATCH, data, Priority.parse(priority)
         ).op_id
 
+    @_naming_the_file
     def delete(
         self, collection: str, key: str, *, priority: Union[Priority, int, str] = Priority.NORMAL
     ) -> str:
@@ -197,6 +220,7 @@ class Agent:
             collection, key, OpKind.DELETE, None, Priority.parse(priority)
         ).op_id
 
+    @_naming_the_file
     def put_many(
         self,
         items: Iterable[Sequence[Any]],
@@ -210,6 +234,7 @@ class Agent:
         )
         return [op.op_id for op in ops]
 
+    @_naming_the_file
     def get(self, collection: str, key: str) -> Optional[JsonObject]:
         """The local view: the synced replica with pending local ops applied (None if absent
         or deleted)."""
@@ -217,6 +242,7 @@ class Agent:
 
     # -- sync ----------------------------------------------------------------------------
 
+    @_naming_the_file
     def require_configured(self) -> Settings:
         """The settings, or NotConfigured if there is no endpoint or token yet."""
         settings = self.state.settings()
@@ -249,6 +275,7 @@ class Agent:
             )
         return self._engine
 
+    @_naming_the_file
     def sync(
         self,
         timeout: Optional[float] = 30.0,
@@ -292,6 +319,7 @@ class Agent:
 
     # -- status and quarantine -----------------------------------------------------------
 
+    @_naming_the_file
     def status(self) -> dict[str, Any]:
         """What `sync-agent status --json` prints (never the token)."""
         settings = self.state.settings()
@@ -318,6 +346,7 @@ class Agent:
             "clock_offset_ms": stats.clock_offset_ms,
         }
 
+    @_naming_the_file
     def quarantined(self) -> list[dict[str, Any]]:
         """Ops the cloud rejected permanently, with the reason it gave."""
         return [
@@ -335,10 +364,12 @@ class Agent:
             for item in self.outbox.quarantined()
         ]
 
+    @_naming_the_file
     def retry_quarantined(self, op_id: str) -> str:
         """Send a quarantined op again (after fixing what the cloud objected to)."""
         return self.outbox.retry_quarantined(op_id).op_id
 
+    @_naming_the_file
     def drop_quarantined(self, op_id: str) -> None:
         """Give up on a quarantined op for good."""
         self.outbox.drop_quarantined(op_id)

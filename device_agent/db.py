@@ -300,7 +300,7 @@ def open_database(
             location, timeout=busy_timeout_s, isolation_level=None, factory=DeviceConnection
         )
     except sqlite3.Error as exc:
-        raise _translate(exc, location) from exc
+        raise database_error(exc, location) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         _check_ownership(conn, location, create=create)  # before anything writes to it
@@ -316,7 +316,7 @@ def open_database(
         _migrate(conn, location)
     except sqlite3.Error as exc:
         conn.close()
-        raise _translate(exc, location) from exc
+        raise database_error(exc, location) from exc
     except DatabaseError:
         conn.close()
         raise
@@ -416,7 +416,7 @@ class _Transaction:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._restore_level()
-            raise _translate(exc, database_path(conn)) from exc
+            raise database_error(exc, database_path(conn)) from exc
         if isinstance(conn, DeviceConnection):
             conn.own_transaction = True
             conn.version_in_transaction = None
@@ -430,17 +430,14 @@ class _Transaction:
         try:
             if error is not None:
                 self._roll_back()
-                if (
-                    isinstance(error, sqlite3.OperationalError)
-                    or type(error) is sqlite3.DatabaseError
-                ):
-                    raise _translate(error, database_path(conn)) from error
+                if isinstance(error, sqlite3.Error) and is_unusable(error):
+                    raise database_error(error, database_path(conn)) from error
                 return
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._roll_back()
-                raise _translate(exc, database_path(conn)) from exc
+                raise database_error(exc, database_path(conn)) from exc
         finally:
             if isinstance(conn, DeviceConnection):
                 conn.own_transaction = False
@@ -533,7 +530,14 @@ def database_path(conn: sqlite3.Connection) -> str:
     return "<unknown>"
 
 
-def _translate(exc: sqlite3.Error, location: str) -> DatabaseError:
+def is_unusable(exc: sqlite3.Error) -> bool:
+    """Whether `exc` says the database cannot be used (locked, corrupt, unreadable, disk
+    full) rather than that a statement is wrong (a bug: left as it is)."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def database_error(exc: sqlite3.Error, location: str) -> DatabaseError:
+    """`exc` as a DatabaseError naming the file and what to do about it."""
     text = str(exc)
     lowered = text.lower()
     if "locked" in lowered or "busy" in lowered:

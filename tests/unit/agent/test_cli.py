@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from device_agent import Agent
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent
@@ -131,6 +133,30 @@ def test_a_missing_database_says_to_run_init(cli: Cli) -> None:
     result = cli("status")
     assert result.code == 1
     assert_one_line_error(result, "sync-agent init")
+
+
+def test_a_database_found_damaged_after_opening_is_named_with_advice(
+    cli: Cli, server: ProtocolServer
+) -> None:
+    # Given an agent database whose outbox pages were overwritten (the file still opens)
+    assert cli("init", "--endpoint", server.url, "--token", TOKEN).code == 0
+    with Agent.open(cli.db) as agent:
+        agent.put_many([("prefs", f"k{n}", {"n": n, "pad": "x" * 200}) for n in range(300)])
+    conn = sqlite3.connect(cli.db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'outbox'")]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(cli.db, "r+b") as file:
+        for page in pages[1:]:
+            file.seek((page - 1) * size)
+            file.write(b"\xff" * size)
+    # When a command reads them
+    for command in (("get", "prefs", "k5"), ("status",)):
+        result = cli(*command)
+        # Then it fails with one line naming the file and what to do
+        assert result.code == 1, command
+        assert_one_line_error(result, str(cli.db), "damaged", "sqlite3")
 
 
 def test_db_flag_works_before_or_after_the_command(
