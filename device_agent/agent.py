@@ -105,6 +105,7 @@ class Agent:
         self.conn = conn
         self.state = AgentState(conn)
         self.outbox = Outbox(conn, self.state)
+        self._apply_bounds()
         self.replica = Replica(conn)
         self.monitor = monitor or NetworkMonitor()
         self.sync_config = sync_config or SyncConfig()
@@ -114,6 +115,14 @@ class Agent:
         self._transport: Optional[Transport] = None
         self._transport_key: Optional[tuple[str, str]] = None
         self._engine: Optional[SyncEngine] = None
+
+    def _apply_bounds(self) -> None:
+        """Bound the outbox as the settings say (`init`), where they say."""
+        settings = self.state.settings()
+        if settings.max_ops is not None:
+            self.outbox.max_ops = settings.max_ops
+        if settings.max_bytes is not None:
+            self.outbox.max_bytes = settings.max_bytes
 
     # -- opening -------------------------------------------------------------------------
 
@@ -125,13 +134,18 @@ class Agent:
         endpoint: str,
         token: str,
         device_id: Optional[str] = None,
+        max_ops: Optional[int] = None,
+        max_bytes: Optional[int] = None,
         **options: Any,
     ) -> Agent:
         """Create (or update) the device database with its settings, and open it.
 
         Without `device_id`, a cloud-issued token (`fs1.<base64url(device id)>.<secret>`)
         names the device; otherwise the stored id is kept (a random one for a new file).
-        Another application's SQLite database is refused (ForeignDatabase).
+        `max_ops` and `max_bytes` bound the outbox for every process opening the database
+        (a write past either is refused with OutboxFull); None keeps the stored bound, or the
+        default (100,000 ops, 256 MiB). Another application's SQLite database is refused
+        (ForeignDatabase).
         """
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint {endpoint!r} must start with http:// or https://")
@@ -143,10 +157,17 @@ class Agent:
             validate_node_id(device_id)  # before the file is touched
         agent = cls(path, open_database(path), **options)
         try:
-            agent.state.update_settings(endpoint=endpoint, token=token, device_id=device_id)
+            agent.state.update_settings(
+                endpoint=endpoint,
+                token=token,
+                device_id=device_id,
+                max_ops=max_ops,
+                max_bytes=max_bytes,
+            )
         except BaseException:
             agent.close()
             raise
+        agent._apply_bounds()
         agent.monitor.clear_auth()
         return agent
 
@@ -333,6 +354,8 @@ class Agent:
             "pending": box.total_ops,
             "depth": dict(box.depth),
             "bytes": box.total_bytes,
+            "max_ops": box.max_ops,
+            "max_bytes": box.max_bytes,
             "oldest_pending_age_s": box.oldest_pending_age_s,
             "in_flight": box.in_flight,
             "quarantined": box.quarantined,

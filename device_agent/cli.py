@@ -53,6 +53,17 @@ def _timeout(text: str) -> float:
     return seconds
 
 
+def _bound(text: str) -> int:
+    """`init --max-ops/--max-bytes`: a whole number above 0."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return number
+
+
 def _default_db() -> str:
     return os.environ.get("SYNC_AGENT_DB") or "./fieldsync.db"
 
@@ -80,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--endpoint", required=True, metavar="URL")
     init.add_argument("--token", required=True, metavar="TOKEN")
     init.add_argument("--device-id", metavar="ID")
+    init.add_argument(
+        "--max-ops", type=_bound, metavar="N", help="bound the outbox (default 100000 ops)"
+    )
+    init.add_argument(
+        "--max-bytes",
+        type=_bound,
+        metavar="N",
+        help="bound the outbox's size (default 268435456 bytes)",
+    )
 
     for name, help_text in (
         ("put", "record a whole-document write (works offline); prints its op id"),
@@ -185,7 +205,12 @@ def _dispatch(args: argparse.Namespace, db: str) -> int:
         _warn_device_mismatch(args.device_id, args.token)
         try:
             with Agent.init(
-                db, endpoint=args.endpoint, token=args.token, device_id=args.device_id
+                db,
+                endpoint=args.endpoint,
+                token=args.token,
+                device_id=args.device_id,
+                max_ops=args.max_ops,
+                max_bytes=args.max_bytes,
             ) as agent:
                 print(f"initialised {db} device_id={agent.state.device_id}")
         except ValueError as exc:
@@ -311,7 +336,8 @@ def _status(agent: Agent, *, as_json: bool) -> int:
         (
             "pending",
             f"{status['pending']} ops ({depth or 'none'}), {status['bytes']} bytes"
-            + (f", oldest {age:.0f}s" if age is not None else ""),
+            + (f", oldest {age:.0f}s" if age is not None else "")
+            + f" (bounds {status['max_ops']} ops, {status['max_bytes']} bytes)",
         ),
         ("quarantined", status["quarantined"]),
         ("last success", _when(status["last_success_at"])),

@@ -41,6 +41,9 @@ class Settings:
     endpoint: Optional[str] = None
     token: Optional[str] = None
     device_id: str = ""
+    # The outbox's bounds for every process using the database (None: Outbox's defaults).
+    max_ops: Optional[int] = None
+    max_bytes: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,13 @@ class AgentState:
     def settings(self) -> Settings:
         """The stored settings; `device_id` is created (and stored) on first use."""
         raw = self._get("settings") or {}
-        return Settings(raw.get("endpoint"), raw.get("token"), self.device_id)
+        return Settings(
+            raw.get("endpoint"),
+            raw.get("token"),
+            self.device_id,
+            raw.get("max_ops"),
+            raw.get("max_bytes"),
+        )
 
     def update_settings(
         self,
@@ -98,13 +107,19 @@ class AgentState:
         endpoint: Optional[str] = None,
         token: Optional[str] = None,
         device_id: Optional[str] = None,
+        max_ops: Optional[int] = None,
+        max_bytes: Optional[int] = None,
     ) -> Settings:
         """Change the given settings (None leaves one as it is) and return them all."""
         if device_id is not None:
             validate_node_id(device_id)
+        for name, bound in (("max_ops", max_ops), ("max_bytes", max_bytes)):
+            if bound is not None and (type(bound) is not int or bound < 1):
+                raise ValueError(f"{name} must be a whole number above 0, got {bound!r}")
+        changes = {"endpoint": endpoint, "token": token, "max_ops": max_ops, "max_bytes": max_bytes}
         with transaction(self._conn):
             raw = self._get("settings") or {}
-            for name, value in (("endpoint", endpoint), ("token", token)):
+            for name, value in changes.items():
                 if value is not None:
                     raw[name] = value
             self._put("settings", raw)

@@ -14,7 +14,7 @@ import pytest
 
 from device_agent import Agent
 from device_agent.agent import token_device_id
-from device_agent.errors import ForeignDatabase, NotConfigured, NotInitialised
+from device_agent.errors import ForeignDatabase, NotConfigured, NotInitialised, OutboxFull
 from device_agent.worker import Worker
 from shared.contracts import ContractError
 from shared.contracts.validation import encode_valid_op
@@ -197,3 +197,29 @@ def test_data_nested_too_deep_is_refused_at_record_time(db: Path) -> None:
         with pytest.raises(ContractError, match="nested more than"):
             agent.put("prefs", "k", {"a": deep})
         assert agent.outbox.depth() == 0
+
+
+def test_outbox_bounds_set_at_init_hold_for_every_process_opening_the_database(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bounded.db"
+    with Agent.init(path, endpoint="http://127.0.0.1:9", token=TOKEN, max_ops=2) as agent:
+        agent.put("prefs", "a", {"n": 1})
+        agent.put("prefs", "b", {"n": 2})
+        with pytest.raises(OutboxFull):
+            agent.put("prefs", "c", {"n": 3})
+    # Opened again (another process would do the same), and after an init that names no bound
+    Agent.init(path, endpoint="http://127.0.0.1:9", token=TOKEN).close()
+    with Agent.open(path) as reopened:
+        with pytest.raises(OutboxFull):
+            reopened.put("prefs", "c", {"n": 3})
+        assert reopened.status()["max_ops"] == 2
+        assert reopened.status()["pending"] == 2
+
+
+@pytest.mark.parametrize("bound", [{"max_ops": 0}, {"max_bytes": -1}, {"max_ops": 1.5}])
+def test_an_outbox_bound_that_is_not_a_whole_number_above_0_is_refused(
+    tmp_path: Path, bound: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="whole number above 0"):
+        Agent.init(tmp_path / "x.db", endpoint="http://127.0.0.1:9", token=TOKEN, **bound)

@@ -159,6 +159,23 @@ def test_a_database_found_damaged_after_opening_is_named_with_advice(
         assert_one_line_error(result, str(cli.db), "damaged", "sqlite3")
 
 
+def test_init_bounds_the_outbox_and_a_write_past_it_is_refused_in_one_line(
+    cli: Cli, server: ProtocolServer
+) -> None:
+    assert cli("init", "--endpoint", server.url, "--token", TOKEN, "--max-ops", "1").code == 0
+    assert cli("put", "prefs", "a", '{"n": 1}').code == 0
+
+    refused = cli("put", "prefs", "b", '{"n": 2}')
+
+    assert refused.code == 1
+    assert_one_line_error(refused, "outbox full", "sync-agent sync")
+    status = json.loads(cli("status", "--json").out)
+    assert (status["pending"], status["max_ops"]) == (1, 1)
+    bad = cli("init", "--endpoint", server.url, "--token", TOKEN, "--max-ops", "0")
+    assert bad.code == 2
+    assert_one_line_error(bad, "--max-ops", "above 0")
+
+
 def test_db_flag_works_before_or_after_the_command(
     cli: Cli, server: ProtocolServer, tmp_path: Path
 ) -> None:
