@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from device_agent.db import transaction
+from device_agent.errors import NotFound
 from device_agent.network import Connectivity, NetworkMonitor, classify
 from device_agent.outbox import Outbox, PendingOp
 from device_agent.replica import Replica
@@ -346,7 +347,12 @@ class SyncEngine:
         )
 
     def _quarantine(self, pending: PendingOp, code: str, message: str) -> None:
-        self.outbox.quarantine(pending.op.op_id, code, message)
+        try:
+            self.outbox.quarantine(pending.op.op_id, code, message)
+        except NotFound:
+            # Gone meanwhile: its lease ran out and another process settled it.
+            log.info("op to quarantine already settled elsewhere op_id=%s", pending.op.op_id)
+            return
         log.warning(
             "op quarantined op_id=%s collection=%s code=%s",
             pending.op.op_id,

@@ -5,6 +5,7 @@ Each test: a real SQLite file in tmp_path, real HTTP, the server's hooks for bad
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -386,6 +387,33 @@ def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServe
     assert summary.stopped_by == "throttled" and summary.pulled == 1
     assert agent.get("prefs", "theirs") == {"b": 2}
     assert agent.status()["pending"] == 1
+
+
+def test_a_rejected_op_another_process_settled_meanwhile_does_not_end_the_sync(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given an op the cloud will reject, and another process that acks it while the request
+    # is under way (its lease ran out there)
+    agent = rig.agent(max_attempts=1)
+    rejected = agent.put("prefs", "a", {"n": 1})
+    fine = agent.put("prefs", "b", {"n": 2})
+    server.force(rejected, "rejected", "invalid_op")
+    server.batch_delay_s = 0.5
+    acked: list[int] = []
+
+    def ack_elsewhere() -> None:
+        with Agent.open(rig.path) as other:
+            acked.append(other.outbox.ack([rejected]))
+
+    acker = threading.Timer(0.2, ack_elsewhere)
+    acker.start()
+    # When the answer arrives
+    summary = agent.sync(timeout=10)
+    acker.join()
+    assert acked == [1]
+    # Then the sync goes on: the other op is acked, nothing is quarantined or lost
+    assert summary.synced and server.applied[fine] == 1
+    assert agent.status()["pending"] == 0 and agent.status()["quarantined"] == 0
 
 
 def test_pull_is_not_blocked_by_a_backlog_slower_to_send_than_the_sync_allows(
