@@ -56,6 +56,7 @@ from device_agent.backoff import (
 from device_agent.errors import DatabaseError
 from device_agent.network import Connectivity
 from device_agent.sync import SyncEngine
+from device_agent.transport import Healthy
 
 log = logging.getLogger("device_agent.worker")
 
@@ -216,9 +217,13 @@ class Worker:
         if now >= self._next_probe:
             self._probing = True
             try:
-                agent.monitor.observe(engine.transport.health())
+                answer = engine.transport.health()
             finally:
                 self._probing = False
+            agent.monitor.observe(answer)
+            if isinstance(answer, Healthy):
+                # The cloud's time: the clock merges it and the offset estimate follows.
+                agent.state.merge_server_time(answer.server_time)
             answered = self._clock()
             slow = answered - now > self.quick_probe_s
             if agent.monitor.state is Connectivity.OFFLINE:

@@ -183,6 +183,38 @@ def test_a_reconnect_triggers_a_sync_within_the_jitter_window(
     assert drawn - 0.02 <= took <= drawn + 0.1 + 0.4  # + one probe interval + slack
 
 
+def test_a_health_probe_answer_sets_the_clock_offset_estimate(
+    db: Path, server: ProtocolServer
+) -> None:
+    # Given a worker probing an unreachable cloud whose clock is a minute behind this device's
+    server.now_ms = lambda: time.time_ns() // 1_000_000 - 60_000
+    faulty = Faulty(lambda transport: transport.set_offline())
+    worker = Worker(
+        db,
+        poll_interval_s=0.05,
+        pull_interval_s=3600,
+        reconnect_window_s=3600,  # no sync round before the test ends: only the probes
+        probe_backoff=ConstantBackoff(0.1),
+        agent_options={"transport_factory": faulty},
+    )
+    thread = start(worker)
+    try:
+        wait_for(lambda: faulty.transport is not None and faulty.transport.times("health"), 5)
+        # When the link comes back and a probe is answered
+        assert faulty.transport is not None
+        faulty.transport.heal()
+        wait_for(lambda: len(server.requests_to("/v1/health")) >= 1, 5)
+        with Agent.open(db) as app:
+            wait_for(lambda: app.status()["clock_offset_ms"] is not None, 5)
+            offset = app.status()["clock_offset_ms"]
+    finally:
+        worker.stop()
+        thread.join(5)
+    # Then the probe's server_time gave the offset estimate
+    assert offset == pytest.approx(-60_000, abs=5_000)
+    assert not server.requests_to("/v1/batches") and not server.requests_to("/v1/changes")
+
+
 def test_the_worker_backs_off_exponentially_while_the_cloud_fails(
     db: Path, server: ProtocolServer
 ) -> None:
