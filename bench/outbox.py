@@ -252,10 +252,22 @@ def _statements_alone(path: Path) -> Callable[[], None]:
         hlc = f"{1_700_000_000_000 + n:013d}-00000-dev-alone"
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("PRAGMA data_version").fetchone()
-        conn.execute(_ON_ONE_KEY, ("bench", key)).fetchall()
-        row = (2 << 48) + n, f"op-{n}", "bench", key, "put", hlc, text, 2, 300, 0.0
+        conn.execute(_ON_ONE_KEY, {"collection": "bench", "key": key}).fetchall()
+        row = {
+            "seq": (2 << 48) + n,
+            "op_id": f"op-{n}",
+            "collection": "bench",
+            "key": key,
+            "kind": "put",
+            "hlc": hlc,
+            "data": text,
+            "priority": 2,
+            "size": 300,
+            "enqueued_at": 0.0,
+        }
         conn.execute(_INSERT, row)
-        conn.execute(GROW, (1, 300, 1, 0, hlc, 2))
+        grown = {"ops": 1, "bytes": 300, "seqs": 1, "stale": 0, "hlc": hlc, "priority": 2}
+        conn.execute(GROW, grown)
         conn.execute("COMMIT")
 
     return put

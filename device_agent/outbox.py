@@ -159,7 +159,10 @@ class Outbox:
         priority = int(op.priority)
         seq = totals.next_seqs[priority]
         insert_op(self._conn, op, seq, (data, size), now)
-        self._conn.execute(GROW, (1, size, 1, 0, op.hlc, priority))
+        self._conn.execute(
+            GROW,
+            {"ops": 1, "bytes": size, "seqs": 1, "stale": 0, "hlc": op.hlc, "priority": priority},
+        )
         self._track([(priority, [1, size, 1, 0])])
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
@@ -247,7 +250,14 @@ class Outbox:
     def _apply(self, growth: Growth, stamp: str = "") -> None:
         """Add per-priority changes to outbox_totals, with the greatest HLC just stamped."""
         rows = [
-            (ops, size, seqs, stale, stamp, priority)
+            {
+                "ops": ops,
+                "bytes": size,
+                "seqs": seqs,
+                "stale": stale,
+                "hlc": stamp,
+                "priority": priority,
+            }
             for priority, (ops, size, seqs, stale) in growth.items()
         ]
         if len(rows) == 1:
@@ -461,8 +471,8 @@ class Outbox:
             stamps = self._state.stamp_many(len(ops))
             renewed = [replace(op, hlc=hlc) for op, hlc in zip(ops, stamps)]
             self._conn.executemany(
-                "UPDATE outbox SET hlc = ? WHERE seq = ?",
-                [(op.hlc, row[0]) for op, row in zip(renewed, rows)],
+                "UPDATE outbox SET hlc = :hlc WHERE seq = :seq",
+                [{"hlc": op.hlc, "seq": row[0]} for op, row in zip(renewed, rows)],
             )
         return renewed
 

@@ -70,7 +70,7 @@ REMOVE_SCANNED = (
 )
 TO_REMOVE = "SELECT priority, size FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
 REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
-FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = ? AND key = ? AND seq = ?"
+FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = :collection AND key = :key AND seq = :seq"
 FORGET_ALL_KEYS = "DELETE FROM outbox_keys"
 FORGET_STALE_KEYS = (
     "DELETE FROM outbox_keys "
@@ -78,8 +78,9 @@ FORGET_STALE_KEYS = (
 )
 TOTALS = "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals"
 GROW = (
-    "UPDATE outbox_totals SET ops = ops + ?, bytes = bytes + ?, next_seq = next_seq + ?, "
-    "stale_keys = stale_keys + ?, last_hlc = max(last_hlc, ?) WHERE priority = ?"
+    "UPDATE outbox_totals SET ops = ops + :ops, bytes = bytes + :bytes, "
+    "next_seq = next_seq + :seqs, stale_keys = stale_keys + :stale, "
+    "last_hlc = max(last_hlc, :hlc) WHERE priority = :priority"
 )
 NO_STALE_KEYS = "UPDATE outbox_totals SET stale_keys = 0"
 RELEASE = (

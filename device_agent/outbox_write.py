@@ -41,10 +41,11 @@ _ON_KEYS_OF = _ON_KEYS.format(
     collection=":collection", key="IN (SELECT value FROM json_each(:keys))"
 )
 # A single write (`record`): a plain primary-key lookup, no JSON array to walk.
-_ON_ONE_KEY = _ON_KEYS.format(collection="?", key="= ?")
+_ON_ONE_KEY = _ON_KEYS.format(collection=":collection", key="= :key")
 _INSERT = (
     "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
-    "enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "enqueued_at) VALUES (:seq, :op_id, :collection, :key, :kind, :hlc, :data, :priority, "
+    ":size, :enqueued_at)"
 )
 _UPDATE = (
     "UPDATE outbox SET op_id = :op_id, kind = :kind, hlc = :hlc, data = :data, "
@@ -291,18 +292,18 @@ def _insert(
             entry[1] += size
             entry[2] += 1
         rows.append(
-            (
-                seq,
-                op.op_id,
-                op.collection,
-                op.key,
-                op.kind.value,
-                op.hlc,
-                data,
-                priority,
-                size,
-                enqueued.get(place, now),
-            )
+            {
+                "seq": seq,
+                "op_id": op.op_id,
+                "collection": op.collection,
+                "key": op.key,
+                "kind": op.kind.value,
+                "hlc": op.hlc,
+                "data": data,
+                "priority": priority,
+                "size": size,
+                "enqueued_at": enqueued.get(place, now),
+            }
         )
     # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
     if len(rows) == 1:  # execute costs less than executemany for one row
@@ -326,14 +327,14 @@ def _rewrite(
             rows.append(params)
         conn.executemany(_UPDATE, rows)
     if moved:
-        gone = [(slot.op.collection, slot.op.key, slot.seq) for slot in moved]
-        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for _, _, seq in gone])
+        gone = [{"collection": s.op.collection, "key": s.op.key, "seq": s.seq} for s in moved]
+        conn.executemany("DELETE FROM outbox WHERE seq = :seq", gone)
         conn.executemany(FORGET_KEY, gone)
 
 
 def rows_on_key(conn: sqlite3.Connection, collection: str, key: str) -> list[Any]:
     """The outbox_keys rows of one key with their ops (`_ON_KEYS`); [] for a key with none."""
-    return conn.execute(_ON_ONE_KEY, (collection, key)).fetchall()
+    return conn.execute(_ON_ONE_KEY, {"collection": collection, "key": key}).fetchall()
 
 
 def insert_op(
@@ -341,10 +342,19 @@ def insert_op(
 ) -> None:
     """Store a new op at `seq`; `stored` is `encode(op)`."""
     data, size = stored
-    conn.execute(
-        _INSERT,
-        (seq, op.op_id, op.collection, op.key, op.kind.value, op.hlc, data, op.priority, size, now),
-    )  # and a trigger adds its outbox_keys row
+    row = {
+        "seq": seq,
+        "op_id": op.op_id,
+        "collection": op.collection,
+        "key": op.key,
+        "kind": op.kind.value,
+        "hlc": op.hlc,
+        "data": data,
+        "priority": op.priority,
+        "size": size,
+        "enqueued_at": now,
+    }
+    conn.execute(_INSERT, row)  # and a trigger adds its outbox_keys row
 
 
 def _newest_ops(
@@ -369,7 +379,7 @@ def _newest_ops(
     stale = []
     for collection, key, seq, op_id, kind, hlc, data, priority, handed_out, size, since in rows:
         if op_id is None:
-            stale.append((collection, key, seq))
+            stale.append({"collection": collection, "key": key, "seq": seq})
             continue
         slot = slots.get((collection, key))
         if slot is None or slot.op.hlc < hlc:
