@@ -35,8 +35,9 @@ from device_agent.state import AgentState, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
 from device_agent.transport import HttpTransport, Transport
-from shared.contracts import JsonObject, OpKind, Priority
+from shared.contracts import ContractError, JsonObject, OpKind, Priority
 from shared.contracts.hlc import NODE_PATTERN, validate_node_id
+from shared.contracts.validation import check_collection, check_key
 
 PathLike = Union[str, "os.PathLike[str]"]
 TransportFactory = Callable[[str, str], Transport]
@@ -258,7 +259,10 @@ class Agent:
     @_naming_the_file
     def get(self, collection: str, key: str) -> Optional[JsonObject]:
         """The local view: the synced replica with pending local ops applied (None if absent
-        or deleted)."""
+        or deleted). A collection or key no write could have (`Op` rules) is a ContractError."""
+        problems = check_collection(collection, "collection") + check_key(key, "key")
+        if problems:
+            raise ContractError(problems)
         return self.replica.view(collection, key, self.outbox.pending_for(collection, key))
 
     # -- sync ----------------------------------------------------------------------------

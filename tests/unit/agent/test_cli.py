@@ -176,6 +176,17 @@ def test_init_bounds_the_outbox_and_a_write_past_it_is_refused_in_one_line(
     assert_one_line_error(bad, "--max-ops", "above 0")
 
 
+def test_get_of_a_collection_or_key_no_write_could_have_is_a_usage_error(
+    cli: Cli, server: ProtocolServer
+) -> None:
+    assert cli("init", "--endpoint", server.url, "--token", TOKEN).code == 0
+
+    for args, word in ((("get", "Prefs", "k"), "collection"), (("get", "prefs", "a\tb"), "key")):
+        result = cli(*args)
+        assert result.code == 2, args
+        assert_one_line_error(result, word)
+
+
 def test_db_flag_works_before_or_after_the_command(
     cli: Cli, server: ProtocolServer, tmp_path: Path
 ) -> None:
