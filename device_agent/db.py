@@ -255,6 +255,17 @@ MIGRATIONS: list[list[str]] = [
                VALUES (NEW.collection, NEW.key, NEW.seq);
            END""",
     ],
+    [
+        # Version 4: a full resync (cursor_expired) refreshes the replica in place instead of
+        # emptying it first, so the local view keeps every record while it runs, however
+        # long and however often interrupted. The keys the cloud has sent since the resync
+        # began are listed here; the others are dropped when it completes (Replica).
+        """CREATE TABLE resync_seen (
+             collection TEXT NOT NULL,
+             key        TEXT NOT NULL,
+             PRIMARY KEY (collection, key)
+           ) WITHOUT ROWID""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables every version of the schema has: a file with user_version > 0 but without them

@@ -3,6 +3,11 @@
 Records fold in with `merge_records`, which is commutative, associative and idempotent, so
 pages delivered twice or out of order leave the same replica. Tombstones are kept: a deleted
 record's clock is what stops an older write from bringing it back.
+
+A full resync (the pull cursor expired) refreshes the replica in place: the first time the
+cloud sends a key after `begin_resync`, its record replaces the stored one (whose expired
+tombstones the cloud no longer has), and `finish_resync` drops the keys the cloud never sent
+(records deleted long ago). Until then every record stays visible.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from device_agent.db import transaction
 from shared.conflict import apply_lww, merge_records
 from shared.contracts import JsonObject, Op, Record, RecordClock
 
+# kv row present while a full resync is under way.
+_RESYNC = "resync"
+
 
 class Replica:
     """The synced records of one device database."""
@@ -26,14 +34,15 @@ class Replica:
     def apply(self, record: Record) -> Record:
         """Fold a record from the cloud into the replica; returns the stored result."""
         with transaction(self._conn):
-            return self._apply(record)
+            return self._apply(record, self._resyncing())
 
     def apply_many(self, records: Iterable[Record]) -> int:
         """Fold several records in one transaction (a pulled page); returns how many."""
         count = 0
         with transaction(self._conn):
+            resyncing = self._resyncing()
             for record in records:
-                self._apply(record)
+                self._apply(record, resyncing)
                 count += 1
         return count
 
@@ -44,6 +53,10 @@ class Replica:
         it without waiting for the change to come back through a pull.
         """
         with transaction(self._conn):
+            if self._resyncing():
+                # The cloud has the op now, but the resync's pages may all predate it: keep
+                # the key (it is merged, not replaced, if a page brings it later).
+                self._mark_seen(op.collection, op.key)
             current = self.get_record(op.collection, op.key)
             return self._store(apply_lww(current, op).record)
 
@@ -85,13 +98,49 @@ class Replica:
         row = self._conn.execute("SELECT COUNT(*) FROM replica").fetchone()
         return int(row[0])
 
-    def clear(self) -> None:
-        """Forget every record, for a full resync (e.g. after `cursor_expired`)."""
+    def begin_resync(self) -> None:
+        """Start a full resync: the cloud is about to send every record from the beginning."""
         with transaction(self._conn):
-            self._conn.execute("DELETE FROM replica")
+            self._conn.execute("DELETE FROM resync_seen")
+            self._conn.execute(
+                "INSERT INTO kv (name, value) VALUES (:name, 'true') ON CONFLICT (name) DO NOTHING",
+                {"name": _RESYNC},
+            )
 
-    def _apply(self, record: Record) -> Record:
-        merged = merge_records(self.get_record(record.collection, record.key), record)
+    def finish_resync(self) -> int:
+        """After the last page of a full resync: drop the records the cloud did not send.
+        Returns how many; nothing happens when no resync is under way."""
+        with transaction(self._conn):
+            if not self._resyncing():
+                return 0
+            dropped = self._conn.execute(
+                "DELETE FROM replica WHERE NOT EXISTS (SELECT 1 FROM resync_seen AS s "
+                "WHERE s.collection = replica.collection AND s.key = replica.key)"
+            ).rowcount
+            self._conn.execute("DELETE FROM resync_seen")
+            self._conn.execute("DELETE FROM kv WHERE name = :name", {"name": _RESYNC})
+        return int(dropped)
+
+    def _resyncing(self) -> bool:
+        row = self._conn.execute("SELECT 1 FROM kv WHERE name = :name", {"name": _RESYNC})
+        return row.fetchone() is not None
+
+    def _mark_seen(self, collection: str, key: str) -> bool:
+        """List the key as sent since the resync began; True if it was not yet."""
+        return bool(
+            self._conn.execute(
+                "INSERT INTO resync_seen (collection, key) VALUES (:collection, :key) "
+                "ON CONFLICT DO NOTHING",
+                {"collection": collection, "key": key},
+            ).rowcount
+        )
+
+    def _apply(self, record: Record, resyncing: bool) -> Record:
+        if resyncing and self._mark_seen(record.collection, record.key):
+            current = None  # the cloud's full record replaces what an older feed left here
+        else:
+            current = self.get_record(record.collection, record.key)
+        merged = merge_records(current, record)
         assert merged is not None  # merging with a record never yields None
         return self._store(merged)
 

@@ -382,6 +382,8 @@ class SyncEngine:
                 with transaction(self.state.conn):
                     summary.pulled += self.replica.apply_many(page.changes)
                     self.state.set_cursor(page.cursor)
+                    if not page.has_more:
+                        self.replica.finish_resync()  # if one was under way
                 if self.on_progress is not None:
                     self.on_progress(summary)
                 stalled = page.cursor == cursor  # a cursor that does not move: stop paging
@@ -391,7 +393,7 @@ class SyncEngine:
             elif isinstance(outcome, CursorExpired) and not resynced:
                 log.warning("pull cursor expired: full resync from the beginning")
                 with transaction(self.state.conn):
-                    self.replica.clear()
+                    self.replica.begin_resync()  # records stay visible until it completes
                     self.state.set_cursor(None)
                 cursor, resynced = None, True
                 summary.resyncs += 1

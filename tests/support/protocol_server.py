@@ -72,7 +72,7 @@ class ProtocolServer:
         self.seen: list[Seen] = []
         self.arrivals: list[Op] = []  # every valid op received, in arrival order
         self._log: list[tuple[str, str]] = []  # change log: index + 1 is the cursor
-        self._expired_before = 0
+        self._epoch = 0  # cursors are "<epoch>.<position>"; older epochs have expired
         self._failures: list[tuple[int, Optional[float], str]] = []
         self._drops = 0
         self._poison: set[str] = set()
@@ -133,7 +133,7 @@ class ProtocolServer:
 
     def expire_cursors(self) -> None:
         with self._lock:
-            self._expired_before = len(self._log)
+            self._epoch += 1
 
     def document(self, collection: str, key: str) -> Optional[dict[str, Any]]:
         with self._lock:
@@ -197,18 +197,19 @@ class ProtocolServer:
         return 200, response.to_wire()
 
     def handle_changes(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
-        after_text = (query.get("after") or ["0"])[0]
+        epoch_text, _, after_text = (query.get("after") or ["0.0"])[0].rpartition(".")
         limit = int((query.get("limit") or [str(limits.DEFAULT_CHANGES_LIMIT)])[0])
-        after = int(after_text) if after_text.isdigit() else -1
-        if after < 0:
+        if not (epoch_text.isdigit() and after_text.isdigit()):
             return 400, _error("invalid_cursor", "cursor is not one this server issued")
-        if 0 < after < self._expired_before:
+        after = int(after_text)
+        if after and int(epoch_text) < self._epoch:
             return 410, _error("cursor_expired", "cursor is older than the retention; resync")
         window = self._log[after : after + limit]
-        cursor = after + len(window)
+        position = after + len(window)
         keys = list(dict.fromkeys(window))
         changes = [self.records[key].to_wire() for key in keys]
-        return 200, {"changes": changes, "cursor": str(cursor), "has_more": cursor < len(self._log)}
+        cursor = f"{self._epoch}.{position}"
+        return 200, {"changes": changes, "cursor": cursor, "has_more": position < len(self._log)}
 
 
 def _error(code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -94,12 +94,44 @@ def test_the_view_ignores_ops_of_other_keys(store):
     assert store.replica.view("items", "k", [other]) is None
 
 
-def test_clear_forgets_every_record(store):
-    store.replica.apply(cloud_record({"a": 1}, at=10))
+def test_a_resync_keeps_every_record_visible_until_it_completes(store):
+    store.replica.apply_many(
+        [cloud_record({"a": 1}, at=10, key="kept"), cloud_record({"b": 1}, at=10, key="gone")]
+    )
 
-    store.replica.clear()
+    store.replica.begin_resync()
+    store.replica.apply_many([cloud_record({"a": 2}, at=20, key="kept")])  # a first page
 
-    assert store.replica.count() == 0
+    assert store.replica.view("items", "kept", []) == {"a": 2}
+    assert store.replica.view("items", "gone", []) == {"b": 1}
+
+
+def test_a_completed_resync_drops_what_the_cloud_no_longer_has(store):
+    # Given a record whose field "old" the cloud dropped (its tombstone expired), and one the
+    # cloud deleted long ago
+    store.replica.apply_many(
+        [cloud_record({"a": 1, "old": 1}, at=10, key="kept"), cloud_record({}, at=10, key="gone")]
+    )
+    store.replica.begin_resync()
+    # When the resync's pages bring only the first, without that field
+    store.replica.apply_many([cloud_record({"a": 1}, at=10, key="kept")])
+    dropped = store.replica.finish_resync()
+    # Then the replica holds exactly what the cloud sent
+    assert dropped == 1
+    assert store.replica.get_record("items", "kept") == cloud_record({"a": 1}, at=10, key="kept")
+    assert store.replica.get_record("items", "gone") is None
+    assert store.replica.finish_resync() == 0  # nothing under way any more
+
+
+def test_an_op_acked_during_a_resync_stays_in_the_view_and_merges_with_later_pages(store):
+    store.replica.begin_resync()
+    mine = Op("op-1", "items", "k", OpKind.PATCH, hlc(30, "dev"), {"mine": 1})
+    store.replica.apply_op(mine)
+
+    store.replica.apply_many([cloud_record({"a": 1}, at=10)])
+    store.replica.finish_resync()
+
+    assert store.replica.view("items", "k", []) == {"mine": 1, "a": 1}
 
 
 # A field written at one HLC always has one value (HLCs are unique per op).

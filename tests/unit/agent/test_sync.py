@@ -378,6 +378,32 @@ def test_an_expired_cursor_triggers_a_full_resync(rig: Rig, server: ProtocolServ
     assert agent.get("prefs", "r1") == {"n": 1} and agent.get("prefs", "r2") == {"n": 2}
 
 
+def test_an_interrupted_resync_leaves_every_record_in_the_local_view(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given two records pulled, then a cursor that expired with a third change behind it
+    agent = rig.agent(max_attempts=1, sync_config=SyncConfig(pull_limit=1))
+    for name in ("r1", "r2"):
+        server.write_as_other_device(other_device_op(OpKind.PUT, name, {"n": 1}, ahead_ms=0))
+    assert agent.sync(timeout=10).synced
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r3", {"n": 1}, ahead_ms=0))
+    server.expire_cursors()
+
+    # When the link fails after the resync's first page
+    def cut_after_first_page(summary: Any) -> None:
+        if summary.resyncs:
+            server.offline = True
+
+    summary = agent.sync(timeout=10, progress=cut_after_first_page)
+    # Then the records the resync has not reached yet are still shown
+    assert summary.resyncs == 1 and not summary.synced
+    assert agent.get("prefs", "r1") == {"n": 1} and agent.get("prefs", "r2") == {"n": 1}
+    # And the resync completes later
+    server.offline = False
+    assert agent.sync(timeout=10).synced
+    assert [agent.get("prefs", name) for name in ("r1", "r2", "r3")] == [{"n": 1}] * 3
+
+
 def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServer) -> None:
     agent = rig.agent(max_attempts=1)
     agent.put("prefs", "mine", {"a": 1})

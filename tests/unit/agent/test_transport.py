@@ -129,7 +129,7 @@ def test_an_expired_cursor_is_its_own_outcome(
 ) -> None:
     transport.push(new_batch_id(), [make_op(1), make_op(2)])
     server.expire_cursors()
-    assert isinstance(transport.pull("1", 10), CursorExpired)
+    assert isinstance(transport.pull("0.1", 10), CursorExpired)
 
 
 def test_a_wrong_token_is_an_auth_failure(server: ProtocolServer) -> None:
