@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from device_agent.backoff import (
+    BackoffStrategy,
     ConstantBackoff,
     ExponentialBackoff,
     Jitter,
@@ -56,6 +57,45 @@ def test_decorrelated_jitter_stays_between_base_and_cap(seed: int, count: int) -
     assert all(0.2 <= delay <= 10.0 for delay in delays)
 
 
+@given(seed=seeds, restart=st.integers(min_value=1, max_value=10**6))
+def test_decorrelated_jitter_grows_from_the_previous_delay_at_most_threefold(
+    seed: int, restart: int
+) -> None:
+    # Given a decorrelated backoff, base 0.2 s and cap 10 s
+    backoff = ExponentialBackoff(
+        base=0.2, cap=10.0, jitter=Jitter.DECORRELATED, rng=random.Random(seed)
+    )
+    # When it is asked for 40 consecutive retries
+    previous = 0.2  # the first retry grows from the base
+    for attempt in range(1, 41):
+        delay = backoff.delay(attempt)
+        # Then each delay lies in [base, min(cap, 3 x the previous delay)]
+        assert 0.2 <= delay <= min(10.0, 3 * previous) * (1 + 1e-12), (attempt, previous)
+        previous = delay
+    # And after a success the growth starts over from the base, whatever the attempt number
+    backoff.reset()
+    assert 0.2 <= backoff.delay(restart) <= 0.6 * (1 + 1e-12)
+
+
+def test_decorrelated_jitter_follows_the_previous_delay_not_the_attempt_number() -> None:
+    # Given 2,000 consecutive decorrelated delays (base 0.1 s, cap 60 s) and as many full
+    # jitter ones, whose ceiling is the cap from attempt 11 on
+    def run(jitter: Jitter) -> list[tuple[int, float, float]]:
+        backoff = ExponentialBackoff(base=0.1, cap=60.0, jitter=jitter, rng=random.Random(11))
+        delays = [backoff.delay(attempt) for attempt in range(1, 2001)]
+        return [(n, prev, delay) for n, (prev, delay) in enumerate(zip(delays, delays[1:]), 2)]
+
+    decorrelated, full = run(Jitter.DECORRELATED), run(Jitter.FULL)
+    # Then, late in the run, a short delay is followed by a short one: it grows from the last
+    # delay, where a strategy keyed to the attempt number draws from the whole range again
+    after_short = [delay for n, prev, delay in decorrelated if n > 20 and prev < 0.3]
+    assert len(after_short) >= 20
+    assert max(after_short) <= 0.9
+    assert max(delay for n, prev, delay in full if n > 20 and prev < 0.3) > 10.0
+    # And it still climbs to near the cap
+    assert max(delay for _, _, delay in decorrelated) > 50.0
+
+
 @given(attempt=attempts, seed=seeds)
 def test_linear_and_constant_stay_within_their_jittered_bounds(attempt: int, seed: int) -> None:
     linear = LinearBackoff(base=1.0, step=2.0, cap=20.0, jitter=0.5, rng=random.Random(seed))
@@ -75,7 +115,7 @@ def test_full_jitter_is_the_default_and_actually_spreads_delays() -> None:
 
 
 def test_a_millionth_attempt_neither_overflows_nor_exceeds_the_cap() -> None:
-    strategies = [
+    strategies: list[BackoffStrategy] = [
         ExponentialBackoff(base=1.0, cap=300.0, jitter=jitter, rng=random.Random(1))
         for jitter in Jitter
     ] + [LinearBackoff(cap=300.0), ConstantBackoff(300.0)]
