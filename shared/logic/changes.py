@@ -35,13 +35,19 @@ class ChangesResult:
     horizon: str  # HLC: every change committed before it has been delivered once has_more=False
 
 
-def encode_cursor(position: str) -> str:
-    raw = json.dumps({"v": CURSOR_VERSION, "after": position}, separators=(",", ":"))
+def encode_cursor(position: str, snapshot_since: Optional[int] = None) -> str:
+    """A cursor for `position`; `snapshot_since` (ms) marks a page of a snapshot (a chain of
+    pages begun without `after`) that has more pages, and when the snapshot began."""
+    value: dict[str, object] = {"v": CURSOR_VERSION, "after": position}
+    if snapshot_since is not None:
+        value["since"] = snapshot_since
+    raw = json.dumps(value, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
-    """The feed position a cursor stands for. Raises InvalidCursor."""
+def decode_cursor(cursor: str) -> tuple[str, Optional[int]]:
+    """The feed position a cursor stands for, and when its snapshot began (None: not in a
+    snapshot). Raises InvalidCursor."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw.decode("utf-8"))
@@ -55,9 +61,26 @@ def decode_cursor(cursor: str) -> str:
     position = value.get("after")
     if value.get("v") != CURSOR_VERSION or not isinstance(position, str):
         raise InvalidCursor("the cursor is from another version: omit `after` to start over")
-    if position and not position[:_STAMP_DIGITS].isdigit():
+    since = value.get("since")
+    if (position and not position[:_STAMP_DIGITS].isdigit()) or not (
+        since is None or (type(since) is int and since >= 0)
+    ):
         raise InvalidCursor("the cursor is damaged: omit `after` to start over")
-    return position
+    return position, since
+
+
+def _expired(position: str, snapshot_since: Optional[int], oldest_ms: int) -> bool:
+    """Whether deletes a cursor's holder must see may be forgotten already (their tombstones
+    are kept `retention` after the delete; `oldest_ms` is now minus that).
+
+    A cursor in the middle of a snapshot counts from when the snapshot began, not from its
+    position: a snapshot's reader had no record it could miss the delete of, except those
+    on its own pages, and their deletes come after the snapshot began. Anywhere else, a
+    delete after the position may be older than the retention, and gone.
+    """
+    if snapshot_since is not None:
+        return snapshot_since < oldest_ms
+    return bool(position) and int(position[:_STAMP_DIGITS]) < oldest_ms
 
 
 def parse_limit(text: Optional[str]) -> int:
@@ -84,8 +107,8 @@ def read_changes(
         if problems:
             raise BadRequest(f"collection={collection!r} is invalid: {problems[0].message}")
     now = now_ms()
-    position = decode_cursor(after) if after else ""
-    if position and int(position[:_STAMP_DIGITS]) < now - settings.tombstone_retention_ms:
+    position, since = decode_cursor(after) if after else ("", now)  # no `after`: a snapshot
+    if _expired(position, since, now - settings.tombstone_retention_ms):
         raise CursorExpired(
             f"the cursor is older than the {settings.tombstone_retention_days}-day tombstone "
             "retention, so deletes may have been forgotten: resync from the beginning "
@@ -112,5 +135,6 @@ def read_changes(
     if not has_more:
         # Drained up to the horizon: later writes all stamp at or after it.
         last = max(last, horizon_key)
-    page = ChangesPage(changes, encode_cursor(last), has_more)
+    # Mid-snapshot, the next cursor carries when the snapshot began (see _expired).
+    page = ChangesPage(changes, encode_cursor(last, since if has_more else None), has_more)
     return ChangesResult(page, format_hlc(max(horizon_ms, 0), 0, SERVER_NODE))

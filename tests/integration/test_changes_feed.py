@@ -9,6 +9,7 @@ import pytest
 
 from shared.contracts import is_hlc
 from shared.dal import records_model
+from shared.logic import changes as changes_module
 from tests.integration.conftest import Cloud, Device, settle
 from tests.support.aws import dynamo_fault, load_event
 
@@ -117,6 +118,41 @@ def test_cursor_older_than_tombstone_retention_is_410(
     time.sleep(0.01)
     response = cloud.changes(after=cursor)
     # Then the device is told to resync from the beginning
+    assert response.status == 410
+    assert response.body["error"]["code"] == "cursor_expired"
+
+
+def test_a_snapshot_of_records_older_than_the_retention_pages_to_the_end(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given records last written 40 days ago (the retention is 30)
+    device = Device()
+    cloud.post_batch([device.op("put", f"k{i}", {"i": i}) for i in range(5)])
+    settle()
+    real = changes_module.now_ms
+    monkeypatch.setattr(changes_module, "now_ms", lambda: real() + 40 * 86_400_000)
+    # When a new device snapshots them a page at a time
+    changes, cursor, pages = page_all(cloud, limit=2)
+    # Then every page is served: the cursor counts from when the snapshot began
+    assert sorted(c["key"] for c in changes) == [f"k{i}" for i in range(5)] and pages == 3
+    # But the cursor of the last page is a plain position: 40 days later, it has expired
+    monkeypatch.setattr(changes_module, "now_ms", lambda: real() + 80 * 86_400_000)
+    assert cloud.changes(after=cursor).status == 410
+
+
+def test_a_snapshot_left_unfinished_longer_than_the_retention_must_start_over(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = Device()
+    cloud.post_batch([device.op("put", f"k{i}", {"i": i}) for i in range(3)])
+    settle()
+    first = cloud.changes(limit=1)
+    assert first.status == 200 and first.body["has_more"]
+    real = changes_module.now_ms
+    monkeypatch.setattr(changes_module, "now_ms", lambda: real() + 31 * 86_400_000)
+
+    response = cloud.changes(after=first.body["cursor"], limit=1)
+
     assert response.status == 410
     assert response.body["error"]["code"] == "cursor_expired"
 
