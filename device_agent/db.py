@@ -259,10 +259,13 @@ MIGRATIONS: list[list[str]] = [
         # Version 4: a full resync (cursor_expired) refreshes the replica in place instead of
         # emptying it first, so the local view keeps every record while it runs, however
         # long and however often interrupted. The keys the cloud has sent since the resync
-        # began are listed here; the others are dropped when it completes (Replica).
+        # began are listed here (local_hlc NULL), and the keys only this device's acked ops
+        # have touched since (local_hlc: the oldest of their stamps); the others are dropped
+        # when it completes (Replica).
         """CREATE TABLE resync_seen (
              collection TEXT NOT NULL,
              key        TEXT NOT NULL,
+             local_hlc  TEXT,
              PRIMARY KEY (collection, key)
            ) WITHOUT ROWID""",
     ],
@@ -541,10 +544,35 @@ def database_path(conn: sqlite3.Connection) -> str:
     return "<unknown>"
 
 
+# SQLite's primary result codes that mean the file cannot be used as it is: BUSY, LOCKED,
+# NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_UNUSABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+# The same, from the message (Python before 3.11 does not expose the code).
+_UNUSABLE_WORDS = (
+    "locked",
+    "busy",
+    "malformed",
+    "not a database",
+    "disk",
+    "full",
+    "unable to open",
+    "readonly",
+    "read-only",
+    "i/o error",
+    "out of memory",
+)
+
+
 def is_unusable(exc: sqlite3.Error) -> bool:
     """Whether `exc` says the database cannot be used (locked, corrupt, unreadable, disk
     full) rather than that a statement is wrong (a bug: left as it is)."""
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _UNUSABLE_CODES
+    if not (isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError):
+        return False
+    text = str(exc).lower()
+    return any(word in text for word in _UNUSABLE_WORDS)
 
 
 def database_error(exc: sqlite3.Error, location: str) -> DatabaseError:

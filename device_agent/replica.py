@@ -7,7 +7,9 @@ record's clock is what stops an older write from bringing it back.
 A full resync (the pull cursor expired) refreshes the replica in place: the first time the
 cloud sends a key after `begin_resync`, its record replaces the stored one (whose expired
 tombstones the cloud no longer has), and `finish_resync` drops the keys the cloud never sent
-(records deleted long ago). Until then every record stays visible.
+(records deleted long ago). Until then every record stays visible. What this device's acked
+ops wrote meanwhile is kept through both: only the fields written before them are replaced
+or dropped.
 """
 
 from __future__ import annotations
@@ -54,9 +56,15 @@ class Replica:
         """
         with transaction(self._conn):
             if self._resyncing():
-                # The cloud has the op now, but the resync's pages may all predate it: keep
-                # the key (it is merged, not replaced, if a page brings it later).
-                self._mark_seen(op.collection, op.key)
+                # The cloud has the op now, but the resync's pages may all predate it: what
+                # the op wrote survives the replacement and the sweep (_apply, finish_resync).
+                self._conn.execute(
+                    "INSERT INTO resync_seen (collection, key, local_hlc) "
+                    "VALUES (:collection, :key, :hlc) ON CONFLICT (collection, key) DO UPDATE "
+                    "SET local_hlc = min(local_hlc, excluded.local_hlc) "
+                    "WHERE local_hlc IS NOT NULL",
+                    {"collection": op.collection, "key": op.key, "hlc": op.hlc},
+                )
             current = self.get_record(op.collection, op.key)
             return self._store(apply_lww(current, op).record)
 
@@ -99,13 +107,16 @@ class Replica:
         return int(row[0])
 
     def begin_resync(self) -> None:
-        """Start a full resync: the cloud is about to send every record from the beginning."""
+        """Start a full resync: the cloud is about to send every record from the beginning.
+        One already under way (another process's, or one interrupted) goes on: what it has
+        seen so far still holds."""
         with transaction(self._conn):
-            self._conn.execute("DELETE FROM resync_seen")
-            self._conn.execute(
+            started = self._conn.execute(
                 "INSERT INTO kv (name, value) VALUES (:name, 'true') ON CONFLICT (name) DO NOTHING",
                 {"name": _RESYNC},
-            )
+            ).rowcount
+            if started:
+                self._conn.execute("DELETE FROM resync_seen")
 
     def finish_resync(self) -> int:
         """After the last page of a full resync: drop the records the cloud did not send.
@@ -117,6 +128,14 @@ class Replica:
                 "DELETE FROM replica WHERE NOT EXISTS (SELECT 1 FROM resync_seen AS s "
                 "WHERE s.collection = replica.collection AND s.key = replica.key)"
             ).rowcount
+            # Keys only this device's ops touched: keep what they (and later writes) wrote.
+            touched = self._conn.execute(
+                "SELECT collection, key, local_hlc FROM resync_seen WHERE local_hlc IS NOT NULL"
+            ).fetchall()
+            for collection, key, since in touched:
+                record = self.get_record(collection, key)
+                if record is not None:
+                    self._store(_written_since(record, since))
             self._conn.execute("DELETE FROM resync_seen")
             self._conn.execute("DELETE FROM kv WHERE name = :name", {"name": _RESYNC})
         return int(dropped)
@@ -125,21 +144,31 @@ class Replica:
         row = self._conn.execute("SELECT 1 FROM kv WHERE name = :name", {"name": _RESYNC})
         return row.fetchone() is not None
 
-    def _mark_seen(self, collection: str, key: str) -> bool:
-        """List the key as sent since the resync began; True if it was not yet."""
-        return bool(
-            self._conn.execute(
-                "INSERT INTO resync_seen (collection, key) VALUES (:collection, :key) "
-                "ON CONFLICT DO NOTHING",
-                {"collection": collection, "key": key},
-            ).rowcount
+    def _first_sent(self, collection: str, key: str) -> tuple[bool, Optional[str]]:
+        """List the key as sent by the cloud since the resync began. Returns whether it was
+        not yet, and the oldest stamp of this device's ops on it meanwhile (None if none)."""
+        params = {"collection": collection, "key": key}
+        row = self._conn.execute(
+            "SELECT local_hlc FROM resync_seen WHERE collection = :collection AND key = :key",
+            params,
+        ).fetchone()
+        if row is not None and row[0] is None:
+            return False, None
+        self._conn.execute(
+            "INSERT INTO resync_seen (collection, key, local_hlc) VALUES (:collection, :key, "
+            "NULL) ON CONFLICT (collection, key) DO UPDATE SET local_hlc = NULL",
+            params,
         )
+        return True, None if row is None else row[0]
 
     def _apply(self, record: Record, resyncing: bool) -> Record:
-        if resyncing and self._mark_seen(record.collection, record.key):
-            current = None  # the cloud's full record replaces what an older feed left here
-        else:
-            current = self.get_record(record.collection, record.key)
+        current = self.get_record(record.collection, record.key)
+        if resyncing:
+            first, since = self._first_sent(record.collection, record.key)
+            if first and current is not None:
+                # The cloud's full record replaces what an older feed left here, but not
+                # what this device's ops wrote since the resync began.
+                current = None if since is None else _written_since(current, since)
         merged = merge_records(current, record)
         assert merged is not None  # merging with a record never yields None
         return self._store(merged)
@@ -158,3 +187,11 @@ class Replica:
             },
         )
         return merged
+
+
+def _written_since(record: Record, hlc: str) -> Record:
+    """What `record` holds from writes stamped `hlc` or later (older fields left out)."""
+    fields = {name: stamp for name, stamp in record.clock.fields.items() if stamp >= hlc}
+    data = {name: value for name, value in record.data.items() if name in fields}
+    reset = record.clock.reset if record.clock.reset >= hlc else ""
+    return Record(record.collection, record.key, data, RecordClock(reset, fields))

@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any, Callable, Optional
 
 from device_agent.db import DeviceConnection, caches_usable, data_version, transaction
-from shared.contracts import HybridLogicalClock, parse_hlc
+from shared.contracts import HybridLogicalClock, limits, parse_hlc
 from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall_clock_ms
 
 # Below this a measured offset is network delay, not a wrong clock: do not correct for it.
@@ -257,9 +257,10 @@ class AgentState:
         The only time the clock goes back: the server refused stamps from our future, so the
         persisted clock restarts at `server_time` and follows the corrected wall clock from
         there. Re-stamp the pending ops afterwards (Outbox.restamp) so their order holds.
-        It never restarts below a stamp of ours the cloud took (`note_accepted`): it took
-        those while they were within its skew, and a newer write of ours stamped below one
-        would lose to it.
+        It never restarts below a stamp of ours the cloud took, or may have taken
+        (`note_accepted`): a newer write of ours stamped below one would lose to it. A noted
+        stamp further ahead of `server_time` than the cloud's skew allowance was never taken
+        (the cloud refuses those, and its clock only moves on), so it does not count.
         """
         server = parse_hlc(server_time)
         with transaction(self._conn):
@@ -268,14 +269,17 @@ class AgentState:
             accepted = self._get(ACCEPTED)
             if isinstance(accepted, str) and accepted:
                 taken = parse_hlc(accepted)
-                restart = max(restart, format_hlc(taken.physical_ms, taken.logical, self.device_id))
+                if taken.physical_ms <= server.physical_ms + limits.MAX_CLOCK_SKEW_S * 1000:
+                    floor = format_hlc(taken.physical_ms, taken.logical, self.device_id)
+                    restart = max(restart, floor)
             self._save_clock(restart, offset)
             self._forget_recorded()
             self._update_stats({"clock_offset_ms": offset})
 
     def note_accepted(self, hlc: str) -> None:
-        """Remember `hlc`, a stamp of ours the cloud took responsibility for, if it is the
-        greatest so far: the floor of `restamp_clock`. Part of the caller's transaction."""
+        """Remember `hlc`, a stamp of ours the cloud took responsibility for (or may have,
+        when the answer was lost), if it is the greatest so far: the floor of
+        `restamp_clock`. Part of the caller's transaction."""
         accepted = self._get(ACCEPTED)
         if not isinstance(accepted, str) or hlc > accepted:
             self._put(ACCEPTED, hlc)

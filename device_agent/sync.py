@@ -234,9 +234,10 @@ class SyncEngine:
                 elif isinstance(outcome, (TooLarge, BadRequest)):
                     lone_failures += 1
                     code = ErrorCode.TOO_LARGE if isinstance(outcome, TooLarge) else outcome.code
-                    self._quarantine(batch[0], str(getattr(code, "value", code)), outcome.message)
-                    summary.quarantined += 1
-                    summary.error(f"op {batch[0].op.op_id} quarantined: {outcome.message}")
+                    reason = str(getattr(code, "value", code))
+                    if self._quarantine(batch[0], reason, outcome.message):
+                        summary.quarantined += 1
+                        summary.error(f"op {batch[0].op.op_id} quarantined: {outcome.message}")
                 else:
                     self._release(batch, describe(outcome), attempted=True)
                     raise Stop(outcome)
@@ -284,10 +285,10 @@ class SyncEngine:
                 else:
                     code = result.error.code.value if result.error else ErrorCode.INVALID_OP.value
                     message = result.error.message if result.error else "rejected"
-                    self._quarantine(pending, code, message)
                     summary.count(OpStatus.REJECTED)
-                    summary.quarantined += 1
-                    summary.error(f"op {pending.op.op_id} rejected: {code}: {message}")
+                    if self._quarantine(pending, code, message):
+                        summary.quarantined += 1
+                        summary.error(f"op {pending.op.op_id} rejected: {code}: {message}")
             self.outbox.ack(acks)
             if accepted:
                 self.state.note_accepted(accepted)
@@ -346,24 +347,30 @@ class SyncEngine:
             server_time,
         )
 
-    def _quarantine(self, pending: PendingOp, code: str, message: str) -> None:
+    def _quarantine(self, pending: PendingOp, code: str, message: str) -> bool:
+        """Quarantine the op; False if it was gone (its lease ran out and another process
+        settled it meanwhile)."""
         try:
             self.outbox.quarantine(pending.op.op_id, code, message)
         except NotFound:
-            # Gone meanwhile: its lease ran out and another process settled it.
             log.info("op to quarantine already settled elsewhere op_id=%s", pending.op.op_id)
-            return
+            return False
         log.warning(
             "op quarantined op_id=%s collection=%s code=%s",
             pending.op.op_id,
             pending.op.collection,
             code,
         )
+        return True
 
     def _release(self, batch: Sequence[PendingOp], error: str, *, attempted: bool) -> None:
         ids = [p.op.op_id for p in batch]
         if attempted:
-            self.outbox.release(ids, error=error, retry_at=self._wall())
+            with transaction(self.state.conn):
+                # The request may have been applied and its answer lost: its stamps may be
+                # on the server, below which no re-stamp may go (restamp_clock).
+                self.state.note_accepted(max(p.op.hlc for p in batch))
+                self.outbox.release(ids, error=error, retry_at=self._wall())
         else:
             self.outbox.release_unattempted(ids)
 

@@ -168,3 +168,10 @@ def test_a_relaxed_transaction_never_raises_a_lower_setting(tmp_path):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 0
 
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 0
+
+
+def test_a_wrong_statement_is_not_disguised_as_an_unusable_database(tmp_path):
+    conn = open_database(tmp_path / "agent.db")
+    for statement in ("SELEC 1", "SELECT * FROM no_such_table"):
+        with pytest.raises(sqlite3.OperationalError), transaction(conn):
+            conn.execute(statement)

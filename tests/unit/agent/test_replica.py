@@ -134,6 +134,41 @@ def test_an_op_acked_during_a_resync_stays_in_the_view_and_merges_with_later_pag
     assert store.replica.view("items", "k", []) == {"mine": 1, "a": 1}
 
 
+def test_a_second_resync_begun_meanwhile_keeps_what_the_first_has_seen(store):
+    store.replica.apply_many([cloud_record({"a": 1}, at=10, key=k) for k in ("k0", "k1")])
+    store.replica.begin_resync()
+    store.replica.apply_many([cloud_record({"a": 2}, at=20, key="k0")])  # the first's page
+
+    store.replica.begin_resync()  # another process's cursor expired too
+    store.replica.apply_many([cloud_record({"a": 2}, at=20, key="k1")])  # its page
+    store.replica.finish_resync()
+
+    assert store.replica.view("items", "k0", []) == {"a": 2}
+    assert store.replica.view("items", "k1", []) == {"a": 2}
+
+
+def test_a_write_acked_during_a_resync_survives_and_fields_the_cloud_dropped_go(store):
+    # Given a record with a field the cloud has since dropped (its tombstone expired)
+    store.replica.apply(cloud_record({"old": 1, "a": 1}, at=10))
+    store.replica.begin_resync()
+    # When this device's patch is acked before the resync's page for the key arrives
+    store.replica.apply_op(Op("op-1", "items", "k", OpKind.PATCH, hlc(30, "dev"), {"mine": 1}))
+    store.replica.apply_many([cloud_record({"a": 1}, at=10)])
+    store.replica.finish_resync()
+    # Then the view has the patch and what the cloud sent, not the dropped field
+    assert store.replica.view("items", "k", []) == {"a": 1, "mine": 1}
+
+
+def test_a_write_acked_after_the_resyncs_last_page_is_kept_alone(store):
+    store.replica.apply(cloud_record({"old": 1}, at=10))
+    store.replica.begin_resync()
+
+    store.replica.apply_op(Op("op-1", "items", "k", OpKind.PATCH, hlc(30, "dev"), {"mine": 1}))
+    store.replica.finish_resync()  # no page brought "k": the next pull will
+
+    assert store.replica.view("items", "k", []) == {"mine": 1}
+
+
 # A field written at one HLC always has one value (HLCs are unique per op).
 records = st.lists(
     st.builds(

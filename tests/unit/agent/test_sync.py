@@ -236,6 +236,28 @@ def test_a_restamped_write_still_beats_an_earlier_write_of_ours_the_cloud_took(
     assert agent.get("prefs", "k") == {"v": "later"}
 
 
+def test_a_restamped_write_beats_an_earlier_write_of_ours_whose_answer_was_lost(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a device 200 s ahead whose first write was applied but the answer lost
+    wall = {"ahead_ms": 200_000}
+    agent = rig.agent(max_attempts=1, sync_config=SyncConfig(batch_ops=1))
+    # (the wall clock the agent reads: moved by the test)
+    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+    earlier = agent.put("prefs", "k", {"v": "earlier"})
+    server.drop_next()
+    assert not agent.sync(timeout=10).synced
+    assert server.applied[earlier] == 1 and agent.status()["pending"] == 1
+    # When its clock jumps past the skew and it writes the key again, sent first (critical)
+    wall["ahead_ms"] = 900_000
+    later = agent.put("prefs", "k", {"v": "later"}, priority=Priority.CRITICAL)
+    summary = agent.sync(timeout=10)
+    # Then the re-stamp went above the write the cloud may have had, and the later one wins
+    assert summary.synced and summary.restamped == 1
+    assert server.applied[later] == 1 and server.applied[earlier] == 1
+    assert server.document("prefs", "k") == {"v": "later"}
+
+
 # -- push: whole-request errors ---------------------------------------------------------
 
 
@@ -439,6 +461,7 @@ def test_a_rejected_op_another_process_settled_meanwhile_does_not_end_the_sync(
     assert acked == [1]
     # Then the sync goes on: the other op is acked, nothing is quarantined or lost
     assert summary.synced and server.applied[fine] == 1
+    assert summary.quarantined == 0 and not summary.errors
     assert agent.status()["pending"] == 0 and agent.status()["quarantined"] == 0
 
 
