@@ -132,9 +132,10 @@ class Outbox:
         """Durably record one write and return the op as it now stands in the outbox.
 
         Validated first (ContractError, nothing stored), then stamped and stored in one
-        transaction. A write may be coalesced into the newest op on its key if that one was
-        never handed out (`outbox_write.coalesce`): the returned op then carries the merged
-        data, the new op id and the new HLC. Raises OutboxFull when a bound would be passed.
+        transaction. A write may replace the newest op on its key if that one was never
+        handed out and the pair has exactly the new op's effect (`outbox_write.coalesce`):
+        the returned op then takes the place and the more urgent priority of the one it
+        replaced. Raises OutboxFull when a bound would be passed.
         """
         draft = _draft(
             collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
@@ -144,7 +145,7 @@ class Outbox:
         with transaction(conn):
             stamp = self._state.stamp_unsaved()
             on_key = rows_on_key(conn, draft.collection, draft.key)
-            if on_key:  # the key has ops (or stale rows): the general path, which may merge
+            if on_key:  # the key has ops (or stale rows): the general path, which may replace
                 return self._store([draft], [stamp], now, on_key)[0]
             # The common case, kept to the statements it needs: a key with no op pending.
             op = draft.op(new_op_id(), stamp)

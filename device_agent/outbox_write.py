@@ -211,7 +211,7 @@ def store_ops(
     # a _Slot only if a later op of the batch is on the same key (rare; a slot costs more).
     fresh: dict[tuple[str, str], int] = {}
     updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
-    moved: list[_Slot] = []  # existing rows whose merged op goes to another priority
+    moved: list[_Slot] = []  # existing rows whose replacement goes to another priority
     enqueued: dict[int, float] = {}  # enqueue times of moved ops, by place in inserts
     stored: list[Op] = []
     for position, op in enumerate(ops):
@@ -222,30 +222,30 @@ def store_ops(
             newest = inserts[index]
             assert newest is not None  # (fresh only names places that hold an op)
             slot = slots[where] = _Slot(newest[0], True, None, 0, index)
-        merged = None
+        replacement = None
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
-            merged = coalesce(slot.op, op)
-        if slot is None or merged is None:  # the common case: nothing to merge into
+            replacement = coalesce(slot.op, op)
+        if slot is None or replacement is None:  # the common case: nothing to replace
             slots.pop(where, None)
             fresh[where] = len(inserts)
             inserts.append((op, None if encoded is None else encoded[position]))
             stored.append(op)
             continue
-        raised = merged.priority != slot.op.priority
-        slot.op = merged
-        stored.append(merged)
+        raised = replacement.priority != slot.op.priority
+        slot.op = replacement
+        stored.append(replacement)
         if slot.index is not None and raised:
-            # Merged into an op of this batch and more urgent now: to the end of the new
+            # Replaces an op of this batch and more urgent now: to the end of the new
             # priority's ops, as recording it alone would do (the old place stays empty).
             inserts[slot.index] = None
             since = enqueued.pop(slot.index, None)
             slot.index = len(inserts)
-            inserts.append((merged, None))
+            inserts.append((replacement, None))
             if since is not None:
                 enqueued[slot.index] = since
         elif slot.index is not None:
-            inserts[slot.index] = (merged, None)
-        elif slot.seq is not None and int(merged.priority) == slot.priority:
+            inserts[slot.index] = (replacement, None)
+        elif slot.seq is not None and int(replacement.priority) == slot.priority:
             updated[slot.seq] = slot
         elif slot.seq is not None:
             # A more urgent priority: the op leaves its place in the claim order now, for
@@ -253,7 +253,7 @@ def store_ops(
             updated.pop(slot.seq, None)
             moved.append(slot)
             slot.index = len(inserts)
-            inserts.append((merged, None))
+            inserts.append((replacement, None))
             if slot.since is not None:
                 enqueued[slot.index] = slot.since  # still waiting since the first write
     growth = Growth()
@@ -316,7 +316,7 @@ def _rewrite(
     conn: sqlite3.Connection, updated: dict[int, _Slot], moved: list[_Slot], growth: Growth
 ) -> None:
     """Write ops coalesced into existing rows in place, and delete the rows of moved ones
-    (their merged ops are among the inserts)."""
+    (their replacement ops are among the inserts)."""
     for slot in (*updated.values(), *moved):
         growth.add(slot.priority, -1, -slot.size)
     if updated:
