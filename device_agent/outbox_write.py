@@ -3,9 +3,11 @@
 Coalescing keeps the outbox small when a key is written repeatedly offline (a document saved
 again and again, a counter updated every second) without changing what the server ends up
 with, whatever other devices write meanwhile (`coalesce` says which pairs qualify). A new op
-only ever replaces the newest op on its key, and only while that op has never been handed to
-a sender (it has no `delivery` row): then no op of this device stamped between the two can
+takes the place of the newest op on its key only while that op has never been handed to a
+sender (it has no `delivery` row): then no op of this device stamped between the two can
 exist anywhere, in the outbox or on the server, which is what makes the replacement safe.
+Older ops on the key that were never handed out and that the new op makes dead are dropped
+(unless more urgent): whatever lies between, their effect is erased by the new op's.
 """
 
 from __future__ import annotations
@@ -199,68 +201,109 @@ def store_ops(
     """Store stamped ops in the open transaction.
 
     Returns each op as it stands afterwards, and how the outbox grew per priority. Ops are
-    taken in order, each coalesced into the newest op on its key when allowed, so a batch
-    gives exactly what recording its ops one by one would. `next_seqs` is the next free seq
-    of each priority (from outbox_totals). `encoded` is each op's `encode(op)` when the
-    caller already has it (the data is then encoded once). `on_keys` is what `rows_on_key`
+    taken in order, each coalesced with the ops on its key when allowed, so a batch gives
+    exactly what recording its ops one by one would. `next_seqs` is the next free seq of
+    each priority (from outbox_totals). `encoded` is each op's `encode(op)` when the caller
+    already has it (the data is then encoded once). `on_keys` is what `rows_on_key`
     returned for the only key of `ops`, when the caller has read it already.
     """
-    slots = _newest_ops(conn, {(op.collection, op.key) for op in ops}, on_keys)
-    inserts: list[Optional[tuple[Op, Optional[tuple[Optional[str], int]]]]] = []
-    # New ops of this batch that are the newest on their key, by place in inserts: they get
-    # a _Slot only if a later op of the batch is on the same key (rare; a slot costs more).
-    fresh: dict[tuple[str, str], int] = {}
-    updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
-    moved: list[_Slot] = []  # existing rows whose replacement goes to another priority
-    enqueued: dict[int, float] = {}  # enqueue times of moved ops, by place in inserts
-    stored: list[Op] = []
+    plan = _Placement(*_newest_ops(conn, {(op.collection, op.key) for op in ops}, on_keys))
     for position, op in enumerate(ops):
+        plan.add(op, None if encoded is None else encoded[position])
+    growth = Growth()
+    _rewrite(conn, plan.updated, plan.moved, growth)
+    if plan.inserts:
+        _insert(conn, plan.inserts, plan.enqueued, next_seqs, now=now, growth=growth)
+    return plan.stored, growth
+
+
+class _Placement:
+    """Where the ops of a batch go, taken in order: new rows, rows rewritten in place, rows
+    deleted (store_ops)."""
+
+    def __init__(
+        self, slots: dict[tuple[str, str], _Slot], behind: dict[tuple[str, str], list[_Slot]]
+    ) -> None:
+        self.slots = slots  # the newest op on each key (_newest_ops)
+        self.behind = behind  # older ops on a key never handed out, which a new op may kill
+        self.inserts: list[Optional[tuple[Op, Optional[tuple[Optional[str], int]]]]] = []
+        # New ops of this batch that are the newest on their key, by place in inserts: they
+        # get a _Slot only if a later op of the batch is on the same key (rare; costs more).
+        self.fresh: dict[tuple[str, str], int] = {}
+        self.updated: dict[int, _Slot] = {}  # existing rows rewritten in place, by seq
+        self.moved: list[_Slot] = []  # existing rows deleted (their op moved, or died)
+        self.enqueued: dict[int, float] = {}  # enqueue times of moved ops, by insert place
+        self.stored: list[Op] = []
+
+    def add(self, op: Op, known: Optional[tuple[Optional[str], int]]) -> None:
+        """Place `op` (`known`: its `encode(op)`, if the caller has it)."""
         where = (op.collection, op.key)
-        slot = slots.get(where)
-        if slot is None and where in fresh:
-            index = fresh.pop(where)
-            newest = inserts[index]
+        slot = self.slots.get(where)
+        if slot is None and where in self.fresh:
+            index = self.fresh.pop(where)
+            newest = self.inserts[index]
             assert newest is not None  # (fresh only names places that hold an op)
-            slot = slots[where] = _Slot(newest[0], True, None, 0, index)
+            slot = self.slots[where] = _Slot(newest[0], True, None, 0, index)
+        if self.behind and where in self.behind:
+            self._bury(where, op)
         replacement = None
         if slot is not None and slot.coalescable and slot.op.hlc < op.hlc:
             replacement = coalesce(slot.op, op)
         if slot is None or replacement is None:  # the common case: nothing to replace
-            slots.pop(where, None)
-            fresh[where] = len(inserts)
-            inserts.append((op, None if encoded is None else encoded[position]))
-            stored.append(op)
-            continue
+            if slot is not None and slot.coalescable:
+                self.behind.setdefault(where, []).append(slot)
+            self.slots.pop(where, None)
+            self.fresh[where] = len(self.inserts)
+            self.inserts.append((op, known))
+            self.stored.append(op)
+        else:
+            self._replace(slot, replacement)
+
+    def _bury(self, where: tuple[str, str], op: Op) -> None:
+        """Drop the older ops on the key that `op` makes dead (`coalesce`), unless more
+        urgent than it: sent anyway, they are harmless."""
+        for older in self.behind.pop(where):
+            if older.priority >= op.priority and coalesce(older.op, op) is not None:
+                self._drop(older)
+            else:
+                self.behind.setdefault(where, []).append(older)
+
+    def _drop(self, slot: _Slot) -> None:
+        if slot.index is not None:  # in this batch's inserts (a moved row is deleted anyway)
+            self.inserts[slot.index] = None
+            self.enqueued.pop(slot.index, None)
+        else:
+            assert slot.seq is not None
+            self.updated.pop(slot.seq, None)
+            self.moved.append(slot)  # deleted, with nothing in its place
+
+    def _replace(self, slot: _Slot, replacement: Op) -> None:
+        """Put `replacement` where the newest op on its key, `slot`, stands."""
         raised = replacement.priority != slot.op.priority
         slot.op = replacement
-        stored.append(replacement)
+        self.stored.append(replacement)
         if slot.index is not None and raised:
             # Replaces an op of this batch and more urgent now: to the end of the new
             # priority's ops, as recording it alone would do (the old place stays empty).
-            inserts[slot.index] = None
-            since = enqueued.pop(slot.index, None)
-            slot.index = len(inserts)
-            inserts.append((replacement, None))
+            self.inserts[slot.index] = None
+            since = self.enqueued.pop(slot.index, None)
+            slot.index = len(self.inserts)
+            self.inserts.append((replacement, None))
             if since is not None:
-                enqueued[slot.index] = since
+                self.enqueued[slot.index] = since
         elif slot.index is not None:
-            inserts[slot.index] = (replacement, None)
+            self.inserts[slot.index] = (replacement, None)
         elif slot.seq is not None and int(replacement.priority) == slot.priority:
-            updated[slot.seq] = slot
+            self.updated[slot.seq] = slot
         elif slot.seq is not None:
             # A more urgent priority: the op leaves its place in the claim order now, for
             # the end of the new priority's, as recording it alone would do.
-            updated.pop(slot.seq, None)
-            moved.append(slot)
-            slot.index = len(inserts)
-            inserts.append((replacement, None))
+            self.updated.pop(slot.seq, None)
+            self.moved.append(slot)
+            slot.index = len(self.inserts)
+            self.inserts.append((replacement, None))
             if slot.since is not None:
-                enqueued[slot.index] = slot.since  # still waiting since the first write
-    growth = Growth()
-    _rewrite(conn, updated, moved, growth)
-    if inserts:
-        _insert(conn, inserts, enqueued, next_seqs, now=now, growth=growth)
-    return stored, growth
+                self.enqueued[slot.index] = slot.since  # still waiting since the first write
 
 
 def _insert(
@@ -361,8 +404,9 @@ def _newest_ops(
     conn: sqlite3.Connection,
     keys: set[tuple[str, str]],
     on_keys: Optional[list[Any]] = None,
-) -> dict[tuple[str, str], _Slot]:
-    """The newest live op on each key; deletes the keys' stale outbox_keys rows."""
+) -> tuple[dict[tuple[str, str], _Slot], dict[tuple[str, str], list[_Slot]]]:
+    """The newest live op on each key, and the older ones never handed out (which a new op
+    may make dead); deletes the keys' stale outbox_keys rows."""
     if on_keys is not None:
         rows = on_keys
     elif len(keys) == 1:
@@ -376,18 +420,23 @@ def _newest_ops(
             params = {"collection": collection, "keys": json.dumps(names)}
             rows += conn.execute(_ON_KEYS_OF, params).fetchall()
     slots: dict[tuple[str, str], _Slot] = {}
+    behind: dict[tuple[str, str], list[_Slot]] = {}
     stale = []
     for collection, key, seq, op_id, kind, hlc, data, priority, handed_out, size, since in rows:
         if op_id is None:
             stale.append({"collection": collection, "key": key, "seq": seq})
             continue
-        slot = slots.get((collection, key))
-        if slot is None or slot.op.hlc < hlc:
-            op = op_from_row((op_id, collection, key, kind, hlc, data, priority))
-            slots[(collection, key)] = _Slot(op, not handed_out, seq, size, None, since=since)
+        op = op_from_row((op_id, collection, key, kind, hlc, data, priority))
+        slot = _Slot(op, not handed_out, seq, size, None, since=since)
+        newest = slots.get((collection, key))
+        older: Optional[_Slot] = slot
+        if newest is None or newest.op.hlc < hlc:
+            slots[(collection, key)], older = slot, newest
+        if older is not None and older.coalescable:
+            behind.setdefault((collection, key), []).append(older)
     if stale:
         conn.executemany(FORGET_KEY, stale)
-    return slots
+    return slots, behind
 
 
 def _params(op: Op, seq: int) -> tuple[dict[str, object], int]:

@@ -70,6 +70,34 @@ def test_a_patch_after_a_pending_put_or_delete_is_kept_apart(store, first):
     assert store.outbox.pending_for("items", "k") == [older, newer]
 
 
+def test_a_put_also_drops_the_older_pending_ops_it_makes_dead(store):
+    record(store, "patch", {"a": 1})
+    record(store, "patch", {"b": 1})
+
+    newer = record(store, "put", {"c": 1})
+
+    assert store.outbox.pending_for("items", "k") == [newer]
+    assert store.outbox.depth() == 1
+
+
+def test_a_patch_drops_an_older_patch_on_no_other_fields(store):
+    record(store, "patch", {"a": 1})
+    other = record(store, "patch", {"b": 1})
+
+    newer = record(store, "patch", {"a": 2})
+
+    assert store.outbox.pending_for("items", "k") == [other, newer]
+
+
+def test_a_dead_op_more_urgent_than_the_new_one_is_kept(store):
+    urgent = record(store, "patch", {"a": 1}, priority=Priority.CRITICAL)
+    record(store, "patch", {"b": 1})
+
+    newer = record(store, "put", {"c": 1})
+
+    assert store.outbox.pending_for("items", "k") == [urgent, newer]
+
+
 def test_a_coalesced_op_keeps_its_place_and_takes_the_more_urgent_priority(store):
     record(store, "put", {"v": 1}, key="first", priority=Priority.LOW)
     record(store, "put", {"v": 1}, key="second", priority=Priority.LOW)
