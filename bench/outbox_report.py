@@ -34,8 +34,9 @@ and ack/done.
 ANALYSIS = """\
 Where the time goes (statement timings with `perf_counter_ns` and cProfile, and the
 "statements alone" subject of this run, on this machine; see the goals table for which goals
-this run met). The outbox layout is schema version 3 (`device_agent/db.py`, described in
-`docs/architecture.md`): the table's seq order is the claim order, ops by key live in
+this run met). The outbox tables are those of schema version 3 (`device_agent/db.py`,
+described in `docs/architecture.md`; version 4 only adds a table for resyncs): the table's
+seq order is the claim order, ops by key live in
 `outbox_keys` (rows added by a trigger, left stale by acks), the totals are updated once per
 statement, and the outbox has no op id index (delivery carries the ids of ops handed out).
 
@@ -51,11 +52,17 @@ statement, and the outbox has no op id index (delivery carries the ids of ops ha
   because keys land all over the `outbox_keys` B-tree and three WAL frames per write bring
   a checkpoint every ~330 writes instead of every ~1,000, each writing back more scattered
   pages. And the Python of a correct write (validation, the HLC stamp, the op id, the bound
-  check), which runs after every fsync on cold caches and costs about 0.1x here. Version 3
-  took the ratio from ~0.57x to ~0.65x on 20,000 writes in back-to-back runs of both
-  versions. Meeting 0.8x on this machine needs a layout whose bare statements reach ~0.9x,
-  i.e. no per-write key index. On a device whose fsync takes milliseconds (an SD card) the
-  same overhead is a few percent.
+  check), which runs after every fsync on cold caches: with fsync off the same Python
+  costs ~70 us a write against ~56 us for the statements, and the validation alone takes
+  ~18 us inside the write loop against ~8 us in a loop of its own (measured by hand,
+  2026-11-25). Version 3 took the ratio from ~0.57x to ~0.65x on 20,000 writes in
+  back-to-back runs of both versions. Other layouts measured by hand, interleaved with the
+  raw baseline: the bare statements without the totals update (two pages) reach ~0.85x,
+  and with no key row either (one page) ~0.89x; an append-only journal file (one `pwrite`
+  and `fdatasync` a write, no SQLite) matches the baseline bare (1.02x) but reaches only
+  ~0.71x once the same validation runs before each write. So on this machine no storage
+  layout meets 0.8x while a correct write's Python runs cold after each fsync. On a device
+  whose fsync takes milliseconds (an SD card) the same overhead is a few percent.
 - **Batched enqueue** is CPU-bound at ~16 us per op (cProfile, 1,000-op batches): ~6 us in
   SQLite (the insert with its key row, ~4.8 us with its share of the commit; the coalescing
   lookup, one statement per collection, ~1.2 us) and ~10 us of Python (validation and the
@@ -69,12 +76,16 @@ statement, and the outbox has no op id index (delivery carries the ids of ops ha
   all sizes in turn, a 1,000-op backlog still drains ~10 % faster than the larger ones:
   0.89-0.92x in three runs of version 3, and 0.86x for version 2 with the same method
   (drawn one size after another, as before, the machine's drift between minutes hid this).
-  Timing 200 claims and acks one by one at each size (by hand, not in this bench), the
-  medians of a claim and an ack are the same at 1,000 and 1,000,000 ops; the difference is
-  in the WAL checkpoints that follow every ~1,000 pages, which cost more on the large file
-  (ack p99 ~9 ms vs ~3.5 ms), likely because its drain frees fresh pages all through the
-  file while the small one reuses the same few. With checkpoints off the two sizes drain
-  alike (and both slower).
+  Timing claims and acks one by one at each size (by hand, not in this bench), the
+  medians are the same at 1,000 and 1,000,000 ops; the difference is in the WAL
+  checkpoints, which cost more on the large file (8-11 ms against 3-4.5 ms). The cause,
+  measured by reading the WAL's frame headers: SQLite writes every page an ack frees into
+  the WAL (a plain table losing its first 100 rows per transaction does the same: 1,275
+  frames for 769 freed pages, `secure_delete` off or fast alike). A claim and its ack
+  write ~26 frames, ~16 of them freed pages; a 1,000-op backlog, refilled, reuses the same
+  pages (77 distinct pages in 100 pairs), while a drain of the 1,000,000-op one frees new
+  pages all along the file (605 distinct), so each checkpoint writes ~8 times more pages
+  back. With checkpoints off the two sizes drain alike.
 - **Claim** walks the table in seq order with the small `delivery` table joined (only ops
   ever handed out have a row there), writes 100 small lease rows and commits without an
   fsync.
