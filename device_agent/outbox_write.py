@@ -334,20 +334,7 @@ def _insert(
             entry[0] += 1
             entry[1] += size
             entry[2] += 1
-        rows.append(
-            {
-                "seq": seq,
-                "op_id": op.op_id,
-                "collection": op.collection,
-                "key": op.key,
-                "kind": op.kind.value,
-                "hlc": op.hlc,
-                "data": data,
-                "priority": priority,
-                "size": size,
-                "enqueued_at": enqueued.get(place, now),
-            }
-        )
+        rows.append(_row(op, seq, (data, size), enqueued.get(place, now)))
     # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
     if len(rows) == 1:  # execute costs less than executemany for one row
         conn.execute(_INSERT, rows[0])
@@ -384,20 +371,25 @@ def insert_op(
     conn: sqlite3.Connection, op: Op, seq: int, stored: tuple[Optional[str], int], now: float
 ) -> None:
     """Store a new op at `seq`; `stored` is `encode(op)`."""
-    data, size = stored
-    row = {
+    conn.execute(_INSERT, _row(op, seq, stored, now))  # and a trigger adds its key row
+
+
+def _row(
+    op: Op, seq: int, stored: tuple[Optional[str], int], enqueued_at: float
+) -> dict[str, object]:
+    """The parameters of `_INSERT` for `op` at `seq` (`stored`: `encode(op)`)."""
+    return {
         "seq": seq,
         "op_id": op.op_id,
         "collection": op.collection,
         "key": op.key,
         "kind": op.kind.value,
         "hlc": op.hlc,
-        "data": data,
-        "priority": op.priority,
-        "size": size,
-        "enqueued_at": now,
+        "data": stored[0],
+        "priority": int(op.priority),
+        "size": stored[1],
+        "enqueued_at": enqueued_at,
     }
-    conn.execute(_INSERT, row)  # and a trigger adds its outbox_keys row
 
 
 def _newest_ops(
