@@ -263,7 +263,7 @@ class _Placement:
         """Drop the older ops on the key that `op` makes dead (`coalesce`), unless more
         urgent than it: sent anyway, they are harmless."""
         for older in self.behind.pop(where):
-            if older.priority >= op.priority and coalesce(older.op, op) is not None:
+            if older.op.priority >= op.priority and coalesce(older.op, op) is not None:
                 self._drop(older)
             else:
                 self.behind.setdefault(where, []).append(older)

@@ -372,3 +372,60 @@ def test_puts_and_deletes_coalesce_exactly_clocks_included(kinds, base):
         via_all = apply_lww(via_all, op).record
     assert len(sent) == 1
     assert via_outbox == via_all
+
+
+prioritised_writes = st.tuples(
+    st.sampled_from(["put", "patch", "delete"]),
+    st.sampled_from(KEYS),
+    patch_data,
+    st.sampled_from(list(Priority)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.lists(prioritised_writes, max_size=4),
+    claimed=st.integers(0, 2),
+    batch=st.lists(prioritised_writes, min_size=1, max_size=8),
+)
+# A put raised to critical by a replacement in the batch, then put behind a patch: a later
+# high put must not drop it (it is critical now).
+@example(
+    before=[],
+    claimed=0,
+    batch=[
+        ("put", "k2", {"a": 1}, Priority.HIGH),
+        ("put", "k2", {"a": 2}, Priority.CRITICAL),
+        ("patch", "k2", {"a": 3}, Priority.CRITICAL),
+        ("put", "k2", {"a": 4}, Priority.HIGH),
+    ],
+)
+def test_a_batch_stores_exactly_what_recording_its_writes_one_by_one_would(before, claimed, batch):
+    """Over pending ops (some handed out), a batch leaves the same ops in the same claim
+    order as recording each of its writes alone: replacements, drops and priority moves."""
+
+    def item(kind: str, key: str, data: dict, priority: Priority) -> tuple:
+        document = {name: value for name, value in data.items() if value is not None}
+        return ("items", key, kind, {"delete": None, "put": document}.get(kind, data), priority)
+
+    def outcome(store: Store) -> list[tuple]:
+        return [
+            (p.op.key, p.op.kind, p.op.data, p.op.priority) for p in store.outbox.claim(limit=50)
+        ]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = [
+            open_store(Path(tmp) / f"{name}.db", device_id="dev", synchronous="OFF")
+            for name in ("batched", "single")
+        ]
+        for store in stores:
+            for write in before:
+                store.outbox.record(*item(*write))
+            store.outbox.claim(limit=claimed)  # handed out: never replaced or dropped
+        batched, single = stores
+        batched.outbox.record_many([item(*write) for write in batch])
+        for write in batch:
+            single.outbox.record(*item(*write))
+        assert outcome(batched) == outcome(single)
+        for store in stores:
+            store.close()
