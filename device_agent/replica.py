@@ -8,8 +8,8 @@ A full resync (the pull cursor expired) refreshes the replica in place: the firs
 cloud sends a key after `begin_resync`, its record replaces the stored one (whose expired
 tombstones the cloud no longer has), and `finish_resync` drops the keys the cloud never sent
 (records deleted long ago). Until then every record stays visible. What this device's acked
-ops wrote meanwhile is kept through both: only the fields written before them are replaced
-or dropped.
+ops wrote meanwhile survives both: a key they touched keeps the fields they wrote when the
+cloud's record replaces it, and is not dropped.
 """
 
 from __future__ import annotations
@@ -108,15 +108,14 @@ class Replica:
 
     def begin_resync(self) -> None:
         """Start a full resync: the cloud is about to send every record from the beginning.
-        One already under way (another process's, or one interrupted) goes on: what it has
-        seen so far still holds."""
+        What an earlier pass saw is forgotten (its cursor expired too: records it saw may be
+        gone since); the keys this device's ops touched stay marked."""
         with transaction(self._conn):
-            started = self._conn.execute(
+            self._conn.execute(
                 "INSERT INTO kv (name, value) VALUES (:name, 'true') ON CONFLICT (name) DO NOTHING",
                 {"name": _RESYNC},
-            ).rowcount
-            if started:
-                self._conn.execute("DELETE FROM resync_seen")
+            )
+            self._conn.execute("DELETE FROM resync_seen WHERE local_hlc IS NULL")
 
     def finish_resync(self) -> int:
         """After the last page of a full resync: drop the records the cloud did not send.
@@ -128,14 +127,6 @@ class Replica:
                 "DELETE FROM replica WHERE NOT EXISTS (SELECT 1 FROM resync_seen AS s "
                 "WHERE s.collection = replica.collection AND s.key = replica.key)"
             ).rowcount
-            # Keys only this device's ops touched: keep what they (and later writes) wrote.
-            touched = self._conn.execute(
-                "SELECT collection, key, local_hlc FROM resync_seen WHERE local_hlc IS NOT NULL"
-            ).fetchall()
-            for collection, key, since in touched:
-                record = self.get_record(collection, key)
-                if record is not None:
-                    self._store(_written_since(record, since))
             self._conn.execute("DELETE FROM resync_seen")
             self._conn.execute("DELETE FROM kv WHERE name = :name", {"name": _RESYNC})
         return int(dropped)

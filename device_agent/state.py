@@ -21,8 +21,10 @@ from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall
 
 # Below this a measured offset is network delay, not a wrong clock: do not correct for it.
 CLOCK_CORRECTION_THRESHOLD_MS = 2_000
-# kv row: the greatest stamp of ours the cloud took (AgentState.note_accepted).
-ACCEPTED = "accepted_hlc"
+# kv row: {"taken": the greatest stamp of ours the cloud took, "unsettled": the greatest
+# stamp of each batch sent whose answer has not come} (AgentState.note_sent / note_settled).
+STAMPS_OUT = "stamps_out"
+_UNSETTLED_KEPT = 64
 
 
 class Connectivity(str, Enum):
@@ -251,38 +253,57 @@ class AgentState:
             self._save_clock(clock.last, correction)
             self._update_stats({"clock_offset_ms": offset})
 
-    def restamp_clock(self, server_time: str) -> None:
+    def restamp_clock(self, server_time: str, skew_s: float = limits.MAX_CLOCK_SKEW_S) -> None:
         """Set the clock back to the server's time after a `clock_ahead` rejection.
 
         The only time the clock goes back: the server refused stamps from our future, so the
         persisted clock restarts at `server_time` and follows the corrected wall clock from
         there. Re-stamp the pending ops afterwards (Outbox.restamp) so their order holds.
-        It never restarts below a stamp of ours the cloud took, or may have taken
-        (`note_accepted`): a newer write of ours stamped below one would lose to it. A noted
-        stamp further ahead of `server_time` than the cloud's skew allowance was never taken
-        (the cloud refuses those, and its clock only moves on), so it does not count.
+        It never restarts below a stamp of ours the cloud took, or may have taken (sent, the
+        answer not come yet): a newer write of ours stamped below one would lose to it. The
+        cloud takes no stamp more than `skew_s` ahead of its clock, which only moves on, so a
+        sent one counts up to `server_time` + `skew_s` at most.
         """
         server = parse_hlc(server_time)
         with transaction(self._conn):
             offset = server.physical_ms - self._now_ms()
             restart = format_hlc(server.physical_ms, server.logical, self.device_id)
-            accepted = self._get(ACCEPTED)
-            if isinstance(accepted, str) and accepted:
-                taken = parse_hlc(accepted)
-                if taken.physical_ms <= server.physical_ms + limits.MAX_CLOCK_SKEW_S * 1000:
-                    floor = format_hlc(taken.physical_ms, taken.logical, self.device_id)
-                    restart = max(restart, floor)
+            out = self._get(STAMPS_OUT) or {}
+            floors = []
+            if out.get("taken"):
+                taken = parse_hlc(out["taken"])
+                floors.append((taken.physical_ms, taken.logical))
+            if out.get("unsettled"):
+                sent = parse_hlc(max(out["unsettled"]))
+                cap = (server.physical_ms + int(skew_s * 1000), 0)
+                floors.append(min((sent.physical_ms, sent.logical), cap))
+            for physical_ms, logical in floors:
+                restart = max(restart, format_hlc(physical_ms, logical, self.device_id))
             self._save_clock(restart, offset)
             self._forget_recorded()
             self._update_stats({"clock_offset_ms": offset})
 
-    def note_accepted(self, hlc: str) -> None:
-        """Remember `hlc`, a stamp of ours the cloud took responsibility for (or may have,
-        when the answer was lost), if it is the greatest so far: the floor of
-        `restamp_clock`. Part of the caller's transaction."""
-        accepted = self._get(ACCEPTED)
-        if not isinstance(accepted, str) or hlc > accepted:
-            self._put(ACCEPTED, hlc)
+    def note_sent(self, hlc: str) -> None:
+        """Before sending a batch whose greatest stamp is `hlc`: until its answer comes, the
+        cloud may have taken it (a floor of `restamp_clock`)."""
+        with transaction(self._conn, durable=False):
+            out = self._get(STAMPS_OUT) or {}
+            # Answers lost for good (a crash, a re-stamp) leave entries: keep the greatest.
+            unsettled = sorted([*out.get("unsettled", []), hlc])[-_UNSETTLED_KEPT:]
+            self._put(STAMPS_OUT, {**out, "unsettled": unsettled})
+
+    def note_settled(self, sent: str, taken: str) -> None:
+        """The answer to a batch whose greatest stamp was `sent` came ("": it left some ops
+        unanswered, so it stays unsettled); `taken` is the greatest stamp it took ("" for
+        none). Part of the caller's transaction."""
+        out = self._get(STAMPS_OUT) or {}
+        taken = max(out.get("taken") or "", taken)
+        unsettled = list(out.get("unsettled", []))
+        if sent in unsettled:
+            unsettled.remove(sent)
+        # A batch whose stamps are all below one the cloud took no longer raises the floor.
+        unsettled = [stamp for stamp in unsettled if stamp > taken]
+        self._put(STAMPS_OUT, {"taken": taken, "unsettled": unsettled})
 
     def _load_clock(self, correction: Optional[int] = None) -> tuple[HybridLogicalClock, int]:
         raw = self._get("clock") or {}

@@ -214,6 +214,9 @@ class SyncEngine:
         try:
             while work:
                 batch = work.pop()
+                # Until its answer comes, the cloud may have taken these stamps: no re-stamp
+                # may go below them (AgentState.restamp_clock).
+                self.state.note_sent(max(p.op.hlc for p in batch))
                 outcome = self.transport.push(new_batch_id(), [p.op for p in batch])
                 self._observe(outcome, summary)
                 if isinstance(outcome, Accepted):
@@ -290,8 +293,8 @@ class SyncEngine:
                         summary.quarantined += 1
                         summary.error(f"op {pending.op.op_id} rejected: {code}: {message}")
             self.outbox.ack(acks)
-            if accepted:
-                self.state.note_accepted(accepted)
+            # Ops left unanswered may have been taken: the batch is settled only without them.
+            self.state.note_settled("" if missing else max(p.op.hlc for p in batch), accepted)
             for op_id in acks:
                 self._restamps.pop(op_id, None)
             if missing:
@@ -324,7 +327,11 @@ class SyncEngine:
                 # The clock goes back only together with the re-stamp: set back alone, it
                 # would stamp new writes below the pending ops still ahead, which would then
                 # win over them.
-                self.state.restamp_clock(str(server_time))
+                skew = (details or {}).get("max_clock_skew_s")
+                if isinstance(skew, (int, float)) and not isinstance(skew, bool) and skew >= 0:
+                    self.state.restamp_clock(str(server_time), skew)
+                else:
+                    self.state.restamp_clock(str(server_time))
                 ids = [p.op.op_id for p in retry_now]
                 restamped = self.outbox.restamp(ids)
                 for op_id in ids:
@@ -366,11 +373,7 @@ class SyncEngine:
     def _release(self, batch: Sequence[PendingOp], error: str, *, attempted: bool) -> None:
         ids = [p.op.op_id for p in batch]
         if attempted:
-            with transaction(self.state.conn):
-                # The request may have been applied and its answer lost: its stamps may be
-                # on the server, below which no re-stamp may go (restamp_clock).
-                self.state.note_accepted(max(p.op.hlc for p in batch))
-                self.outbox.release(ids, error=error, retry_at=self._wall())
+            self.outbox.release(ids, error=error, retry_at=self._wall())
         else:
             self.outbox.release_unattempted(ids)
 
@@ -398,10 +401,16 @@ class SyncEngine:
                 if not page.has_more or stalled:
                     return
             elif isinstance(outcome, CursorExpired) and not resynced:
-                log.warning("pull cursor expired: full resync from the beginning")
                 with transaction(self.state.conn):
-                    self.replica.begin_resync()  # records stay visible until it completes
-                    self.state.set_cursor(None)
+                    stored = self.state.cursor()
+                    if stored == cursor:
+                        self.replica.begin_resync()  # records stay visible until it ends
+                        self.state.set_cursor(None)
+                if stored != cursor:
+                    # Another process moved on meanwhile (its own resync): go on from there.
+                    cursor = stored
+                    continue
+                log.warning("pull cursor expired: full resync from the beginning")
                 cursor, resynced = None, True
                 summary.resyncs += 1
             else:

@@ -258,6 +258,27 @@ def test_a_restamped_write_beats_an_earlier_write_of_ours_whose_answer_was_lost(
     assert server.document("prefs", "k") == {"v": "later"}
 
 
+def test_a_restamp_after_a_lost_answer_stays_above_the_write_the_cloud_took_from_it(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given one batch: a write 200 s ahead (taken) and a later one 900 s ahead (refused),
+    # whose answer is lost
+    wall = {"ahead_ms": 200_000}
+    agent = rig.agent(max_attempts=1)
+    # (the wall clock the agent reads: moved by the test)
+    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+    earlier = agent.put("prefs", "k", {"v": "earlier"})
+    wall["ahead_ms"] = 900_000
+    later = agent.patch("prefs", "k", {"v": "later"})
+    server.drop_next()
+    assert not agent.sync(timeout=10).synced and server.applied[earlier] == 1
+    # When it is sent again (the earlier one is a duplicate, the later one clock_ahead)
+    summary = agent.sync(timeout=10)
+    # Then the later write is re-stamped above the earlier one, and wins
+    assert summary.synced and summary.restamped == 1 and server.applied[later] == 1
+    assert server.document("prefs", "k") == {"v": "later"}
+
+
 # -- push: whole-request errors ---------------------------------------------------------
 
 
@@ -424,6 +445,52 @@ def test_an_interrupted_resync_leaves_every_record_in_the_local_view(
     server.offline = False
     assert agent.sync(timeout=10).synced
     assert [agent.get("prefs", name) for name in ("r1", "r2", "r3")] == [{"n": 1}] * 3
+
+
+def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given records pulled, then a cursor that expired
+    for name in ("r1", "r2", "r3"):
+        server.write_as_other_device(other_device_op(OpKind.PUT, name, {"n": 1}, ahead_ms=0))
+    rig.agent().close()
+    with Agent.open(rig.path) as first:
+        assert first.sync(timeout=10).synced
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r4", {"n": 1}, ahead_ms=0))
+    server.expire_cursors()
+
+    # And another process that begins the resync while this one's pull is on its way
+    def other_process_resyncs_one_page() -> None:
+        with Agent.open(rig.path, sync_config=SyncConfig(pull_limit=1), max_attempts=1) as other:
+
+            def cut(summary: Any) -> None:
+                if summary.pulled:
+                    server.offline = True
+
+            other.sync(timeout=10, progress=cut)
+        server.offline = False
+
+    class RacedTransport(HttpTransport):
+        raced = False
+
+        def pull(self, after: Optional[str], limit: int) -> Any:
+            if not RacedTransport.raced:
+                RacedTransport.raced = True
+                other_process_resyncs_one_page()
+            return super().pull(after, limit)
+
+    agent = Agent.open(
+        rig.path,
+        transport_factory=RacedTransport,
+        sync_config=SyncConfig(pull_limit=1),
+        max_attempts=1,
+    )
+    rig.opened.append(agent)
+    # When this one's stale cursor is answered 410
+    summary = agent.sync(timeout=10)
+    # Then it joins the other's resync rather than starting over, and every record stays
+    assert summary.synced and summary.resyncs == 0
+    assert [agent.get("prefs", f"r{n}") for n in range(1, 5)] == [{"n": 1}] * 4
 
 
 def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServer) -> None:
