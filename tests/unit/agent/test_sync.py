@@ -75,6 +75,11 @@ def other_device_op(kind: OpKind, key: str, data: Optional[dict[str, Any]], *, a
     return Op(uuid.uuid4().hex, "prefs", key, kind, hlc, data)
 
 
+def read_wall_clock_ahead(agent: Agent, wall: dict[str, int]) -> None:
+    """Make the agent's wall clock read `wall["ahead_ms"]` ahead (the test moves it)."""
+    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+
+
 # -- push: statuses ---------------------------------------------------------------------
 
 
@@ -221,8 +226,7 @@ def test_a_restamped_write_still_beats_an_earlier_write_of_ours_the_cloud_took(
     # Given a device 200 s ahead (within the cloud's skew) whose first write was applied
     wall = {"ahead_ms": 200_000}
     agent = rig.agent()
-    # (the wall clock the agent reads: moved by the test)
-    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+    read_wall_clock_ahead(agent, wall)
     earlier = agent.put("prefs", "k", {"v": "earlier"})
     assert agent.sync(timeout=10).synced
     # When its wall clock jumps further ahead, past the skew, and it writes the key again
@@ -242,8 +246,7 @@ def test_a_restamped_write_beats_an_earlier_write_of_ours_whose_answer_was_lost(
     # Given a device 200 s ahead whose first write was applied but the answer lost
     wall = {"ahead_ms": 200_000}
     agent = rig.agent(max_attempts=1, sync_config=SyncConfig(batch_ops=1))
-    # (the wall clock the agent reads: moved by the test)
-    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+    read_wall_clock_ahead(agent, wall)
     earlier = agent.put("prefs", "k", {"v": "earlier"})
     server.drop_next()
     assert not agent.sync(timeout=10).synced
@@ -265,8 +268,7 @@ def test_a_restamp_after_a_lost_answer_stays_above_the_write_the_cloud_took_from
     # whose answer is lost
     wall = {"ahead_ms": 200_000}
     agent = rig.agent(max_attempts=1)
-    # (the wall clock the agent reads: moved by the test)
-    agent.state._now_ms = lambda: time.time_ns() // 1_000_000 + wall["ahead_ms"]
+    read_wall_clock_ahead(agent, wall)
     earlier = agent.put("prefs", "k", {"v": "earlier"})
     wall["ahead_ms"] = 900_000
     later = agent.patch("prefs", "k", {"v": "later"})
