@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from device_agent.db import transaction
 from device_agent.errors import NotFound
@@ -219,6 +219,10 @@ class SyncEngine:
                 self.state.note_sent(max(p.op.hlc for p in batch))
                 outcome = self.transport.push(new_batch_id(), [p.op for p in batch])
                 self._observe(outcome, summary)
+                if isinstance(outcome, (TooLarge, BadRequest)):
+                    # Refused whole: the cloud took none of its stamps.
+                    with transaction(self.state.conn, durable=False):
+                        self.state.note_settled(max(p.op.hlc for p in batch), "")
                 if isinstance(outcome, Accepted):
                     accepted = True
                     self._settle(batch, outcome.response, summary)
@@ -327,11 +331,7 @@ class SyncEngine:
                 # The clock goes back only together with the re-stamp: set back alone, it
                 # would stamp new writes below the pending ops still ahead, which would then
                 # win over them.
-                skew = (details or {}).get("max_clock_skew_s")
-                if isinstance(skew, (int, float)) and not isinstance(skew, bool) and skew >= 0:
-                    self.state.restamp_clock(str(server_time), skew)
-                else:
-                    self.state.restamp_clock(str(server_time))
+                self.state.restamp_clock(str(server_time), _skew_s(details))
                 ids = [p.op.op_id for p in retry_now]
                 restamped = self.outbox.restamp(ids)
                 for op_id in ids:
@@ -415,3 +415,11 @@ class SyncEngine:
                 summary.resyncs += 1
             else:
                 raise Stop(outcome)
+
+
+def _skew_s(details: Optional[dict[str, Any]]) -> float:
+    """The cloud's clock skew allowance from `clock_ahead` details, else the default."""
+    skew = (details or {}).get("max_clock_skew_s")
+    if isinstance(skew, (int, float)) and not isinstance(skew, bool) and skew >= 0:
+        return float(skew)
+    return float(limits.MAX_CLOCK_SKEW_S)

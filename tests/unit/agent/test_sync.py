@@ -5,6 +5,7 @@ Each test: a real SQLite file in tmp_path, real HTTP, the server's hooks for bad
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -295,6 +296,9 @@ def test_413_halves_the_batch_until_the_server_takes_it(rig: Rig, server: Protoc
     assert statuses[0] == 413 and statuses.count(413) <= 3
     # The agent learnt the limit: later batches fit
     assert max(seen.ops for seen in server.requests_to("/v1/batches")) <= 3
+    # And the refused batches hold no re-stamp floor up: every batch sent was answered
+    [raw] = agent.conn.execute("SELECT value FROM kv WHERE name = 'stamps_out'").fetchone()
+    assert json.loads(raw)["unsettled"] == []
 
 
 def test_400_bisects_the_batch_and_quarantines_only_the_bad_op(
