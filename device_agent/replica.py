@@ -36,13 +36,13 @@ class Replica:
     def apply(self, record: Record) -> Record:
         """Fold a record from the cloud into the replica; returns the stored result."""
         with transaction(self._conn):
-            return self._apply(record, self._resyncing())
+            return self._apply(record, self.resyncing())
 
     def apply_many(self, records: Iterable[Record]) -> int:
         """Fold several records in one transaction (a pulled page); returns how many."""
         count = 0
         with transaction(self._conn):
-            resyncing = self._resyncing()
+            resyncing = self.resyncing()
             for record in records:
                 self._apply(record, resyncing)
                 count += 1
@@ -55,7 +55,7 @@ class Replica:
         it without waiting for the change to come back through a pull.
         """
         with transaction(self._conn):
-            if self._resyncing():
+            if self.resyncing():
                 # The cloud has the op now, but the resync's pages may all predate it: what
                 # the op wrote survives the replacement and the sweep (_apply, finish_resync).
                 self._conn.execute(
@@ -121,7 +121,7 @@ class Replica:
         """After the last page of a full resync: drop the records the cloud did not send.
         Returns how many; nothing happens when no resync is under way."""
         with transaction(self._conn):
-            if not self._resyncing():
+            if not self.resyncing():
                 return 0
             dropped = self._conn.execute(
                 "DELETE FROM replica WHERE NOT EXISTS (SELECT 1 FROM resync_seen AS s "
@@ -131,7 +131,8 @@ class Replica:
             self._conn.execute("DELETE FROM kv WHERE name = :name", {"name": _RESYNC})
         return int(dropped)
 
-    def _resyncing(self) -> bool:
+    def resyncing(self) -> bool:
+        """Whether a full resync is under way (begun, not finished)."""
         row = self._conn.execute("SELECT 1 FROM kv WHERE name = :name", {"name": _RESYNC})
         return row.fetchone() is not None
 

@@ -380,8 +380,10 @@ class SyncEngine:
     # -- pull --------------------------------------------------------------------------
 
     def pull(self, summary: ProcessingSummary, *, deadline: Optional[float] = None) -> None:
-        """Page `/v1/changes` from the stored cursor until `has_more` is false."""
-        cursor = self.state.cursor()
+        """Page `/v1/changes` from the stored cursor until `has_more` is false. Only a chain
+        of pages that is a full resync's (begun here, or the stored one while a resync is
+        under way) ends it."""
+        cursor, in_resync = self.state.cursor(), self.replica.resyncing()
         resynced = False
         while True:
             self._check_time(deadline)
@@ -392,8 +394,8 @@ class SyncEngine:
                 with transaction(self.state.conn):
                     summary.pulled += self.replica.apply_many(page.changes)
                     self.state.set_cursor(page.cursor)
-                    if not page.has_more:
-                        self.replica.finish_resync()  # if one was under way
+                    if not page.has_more and in_resync:
+                        self.replica.finish_resync()
                 if self.on_progress is not None:
                     self.on_progress(summary)
                 stalled = page.cursor == cursor  # a cursor that does not move: stop paging
@@ -408,10 +410,10 @@ class SyncEngine:
                         self.state.set_cursor(None)
                 if stored != cursor:
                     # Another process moved on meanwhile (its own resync): go on from there.
-                    cursor = stored
+                    cursor, in_resync = stored, self.replica.resyncing()
                     continue
                 log.warning("pull cursor expired: full resync from the beginning")
-                cursor, resynced = None, True
+                cursor, resynced, in_resync = None, True, True
                 summary.resyncs += 1
             else:
                 raise Stop(outcome)

@@ -499,6 +499,30 @@ def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
     assert [agent.get("prefs", f"r{n}") for n in range(1, 5)] == [{"n": 1}] * 4
 
 
+def test_a_pull_begun_before_another_process_began_a_resync_does_not_end_it(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r1", {"n": 1}, ahead_ms=0))
+    rig.agent().close()
+    with Agent.open(rig.path) as first:
+        assert first.sync(timeout=10).synced
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r2", {"n": 1}, ahead_ms=0))
+
+    class RacedTransport(HttpTransport):
+        def pull(self, after: Optional[str], limit: int) -> Any:
+            with Agent.open(rig.path) as other:  # another process's cursor expired just now
+                other.replica.begin_resync()
+            return super().pull(after, limit)
+
+    agent = Agent.open(rig.path, transport_factory=RacedTransport, max_attempts=1)
+    rig.opened.append(agent)
+    # When this pull's own chain (begun before the resync) reaches its last page
+    assert agent.sync(timeout=10).synced
+    # Then the resync is still under way, and nothing it has not seen was dropped
+    assert agent.replica.resyncing()
+    assert agent.get("prefs", "r1") == {"n": 1} and agent.get("prefs", "r2") == {"n": 1}
+
+
 def test_pull_is_not_blocked_by_pushes_that_fail(rig: Rig, server: ProtocolServer) -> None:
     agent = rig.agent(max_attempts=1)
     agent.put("prefs", "mine", {"a": 1})
