@@ -200,6 +200,7 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
     lq.conn.execute("PRAGMA synchronous = FULL")
     counter = iter(range(10**9))
     alone = _statements_alone(folder / "alone.db")
+    python_on_raw = _python_on_raw(folder / "python_on_raw.db")
 
     def raw_put() -> None:
         raw.execute("BEGIN IMMEDIATE")
@@ -212,6 +213,7 @@ def _single(folder: Path, size: dict[str, int]) -> dict[str, float]:
         "persist-queue": lambda: pq.put(PAYLOAD),
         "litequeue": lambda: lq.put(text),
         STATEMENTS_ALONE: alone,
+        PYTHON_ON_RAW: python_on_raw,
     }
     rounds = 10
     per_round = max(1, size["single"] // rounds)
@@ -238,36 +240,57 @@ STATEMENTS_ALONE = "outbox statements alone"
 
 
 def _statements_alone(path: Path) -> Callable[[], None]:
-    from device_agent.outbox_sql import GROW
-    from device_agent.outbox_write import _INSERT, _ON_ONE_KEY
+    from device_agent.outbox_sql import RECORD_ON_NEW_KEY
 
     _, conn = _open_outbox(path)
     conn.execute("PRAGMA synchronous = FULL")  # (opening it ran a relaxed transaction)
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
     text = json.dumps(PAYLOAD, separators=(",", ":"))
     counter = iter(range(1, 10**9))
 
     def put() -> None:
         n = next(counter)
-        key = f"k{n}"
-        hlc = f"{1_700_000_000_000 + n:013d}-00000-dev-alone"
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("PRAGMA data_version").fetchone()
-        conn.execute(_ON_ONE_KEY, {"collection": "bench", "key": key}).fetchall()
         row = {
-            "seq": (2 << 48) + n,
             "op_id": f"op-{n}",
             "collection": "bench",
-            "key": key,
+            "key": f"k{n}",
             "kind": "put",
-            "hlc": hlc,
+            "hlc": f"{1_700_000_000_000 + n:013d}-00000-dev-alone",
             "data": text,
             "priority": 2,
             "size": 300,
             "enqueued_at": 0.0,
+            "data_version": version,
         }
-        conn.execute(_INSERT, row)
-        grown = {"ops": 1, "bytes": 300, "seqs": 1, "stale": 0, "hlc": hlc, "priority": 2}
-        conn.execute(GROW, grown)
+        conn.execute(RECORD_ON_NEW_KEY, row)
+
+    return put
+
+
+# The raw baseline's write with the Python the outbox runs before its statement (validation
+# and encoding, the HLC stamp, the op id, the Op): what the outbox would cost if its storage
+# were as cheap as the baseline's. It bounds what any layout under that Python can reach.
+PYTHON_ON_RAW = "raw sqlite3 + the outbox's Python"
+
+
+def _python_on_raw(path: Path) -> Callable[[], None]:
+    from device_agent.outbox import _draft
+    from device_agent.outbox_write import new_op_id
+    from shared.contracts.hlc import HybridLogicalClock
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE q (seq INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+    clock = HybridLogicalClock("dev-0123456789ab")
+    placeholder = f"{0:013d}-00000-{clock.node}"
+    counter = iter(range(1, 10**9))
+
+    def put() -> None:
+        draft = _draft("bench", f"k{next(counter)}", "put", PAYLOAD, placeholder_hlc=placeholder)
+        draft.op(new_op_id(), clock.send())
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO q (data) VALUES (:d)", {"d": draft.text})
         conn.execute("COMMIT")
 
     return put

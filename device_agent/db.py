@@ -47,6 +47,10 @@ class DeviceConnection(sqlite3.Connection):
     synchronous_now: Optional[int] = None
 
 
+# The message of outbox_new_key's refusal (schema version 5, below): the write then takes the
+# general path.
+NEW_KEY_REFUSED = "fieldsync: not a lone write on a new key"
+
 # Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
 # edit a released entry: append a new one.
 MIGRATIONS: list[list[str]] = [
@@ -268,6 +272,34 @@ MIGRATIONS: list[list[str]] = [
              local_hlc  TEXT,
              PRIMARY KEY (collection, key)
            ) WITHOUT ROWID""",
+    ],
+    [
+        # Version 5: a write on a key with no pending op is one autocommit statement, an
+        # INSERT into this view, instead of six in a transaction. The writer checks the
+        # bounds and stamps the HLC from the copies its connection keeps (the totals and the
+        # clock, valid at one PRAGMA data_version). The trigger refuses the write if another
+        # connection has committed since (the copies may be stale) or if the key has
+        # outbox_keys rows (the write may coalesce): the writer then takes the general path
+        # (Outbox.record). Otherwise it stores the op at the next seq of its priority
+        # (outbox_keys_add adds the key row) and counts it in outbox_totals as GROW would.
+        """CREATE VIEW outbox_new_key AS
+             SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at,
+                    0 AS data_version
+               FROM outbox WHERE false""",
+        """CREATE TRIGGER outbox_new_key_insert INSTEAD OF INSERT ON outbox_new_key BEGIN
+             SELECT RAISE(ABORT, 'fieldsync: not a lone write on a new key')
+              WHERE NEW.data_version IS NOT (SELECT data_version FROM pragma_data_version)
+                 OR EXISTS (SELECT 1 FROM outbox_keys
+                             WHERE collection = NEW.collection AND key = NEW.key);
+             INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size,
+                                 enqueued_at)
+               VALUES ((SELECT next_seq FROM outbox_totals WHERE priority = NEW.priority),
+                       NEW.op_id, NEW.collection, NEW.key, NEW.kind, NEW.hlc,
+                       NEW.data, NEW.priority, NEW.size, NEW.enqueued_at);
+             UPDATE outbox_totals SET ops = ops + 1, bytes = bytes + NEW.size,
+                    next_seq = next_seq + 1, last_hlc = max(last_hlc, NEW.hlc)
+              WHERE priority = NEW.priority;
+           END""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

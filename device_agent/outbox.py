@@ -17,7 +17,16 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Callable, NamedTuple, NoReturn, Optional, Union
 
-from device_agent.db import DeviceConnection, caches_usable, data_version, transaction
+from device_agent.db import (
+    NEW_KEY_REFUSED,
+    DeviceConnection,
+    caches_usable,
+    data_version,
+    database_error,
+    database_path,
+    is_unusable,
+    transaction,
+)
 from device_agent.errors import NotFound, OutboxFull
 from device_agent.outbox_model import (
     DEFAULT_MAX_BYTES,
@@ -42,6 +51,7 @@ from device_agent.outbox_sql import (
     LEASE,
     NO_STALE_KEYS,
     OLDEST,
+    RECORD_ON_NEW_KEY,
     RELEASE,
     RELEASE_UNATTEMPTED,
     REMOVE,
@@ -141,6 +151,9 @@ class Outbox:
             collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
         )
         now = self._now()
+        lone = self._record_on_new_key(draft, now)
+        if lone is not None:
+            return lone
         conn = self._conn
         with transaction(conn):
             stamp = self._state.stamp_unsaved()
@@ -150,6 +163,49 @@ class Outbox:
             # The common case, kept to the statements it needs: a key with no op pending.
             op = draft.op(new_op_id(), stamp)
             self._insert_new(op, draft.text, draft.size, now)
+        return op
+
+    def _record_on_new_key(self, draft: _Draft, now: float) -> Optional[Op]:
+        """The write as one autocommit statement, if the connection's copies of the totals
+        and the clock are current and the key turns out to have no pending op (the database
+        checks both: db.MIGRATIONS, version 5); None if the general path must decide."""
+        conn = self._conn
+        cached = getattr(conn, "totals", None)
+        if (
+            cached is None or conn.in_transaction or conn.synchronous_now != conn.synchronous_level  # type: ignore[attr-defined]
+        ):
+            return None
+        version, totals = cached
+        if totals.ops >= self.max_ops or totals.size + draft.size > self.max_bytes:
+            return None  # refused by the general path, with the totals read again
+        stamp = self._state.stamp_if_current(version)
+        if stamp is None:
+            return None
+        op = draft.op(new_op_id(), stamp)
+        priority = int(op.priority)
+        row = {
+            "op_id": op.op_id,
+            "collection": op.collection,
+            "key": op.key,
+            "kind": op.kind.value,
+            "hlc": stamp,
+            "data": draft.text,
+            "priority": priority,
+            "size": draft.size,
+            "enqueued_at": now,
+            "data_version": version,
+        }
+        try:
+            conn.execute(RECORD_ON_NEW_KEY, row)
+        except sqlite3.IntegrityError as exc:
+            if str(exc) != NEW_KEY_REFUSED:
+                raise
+            return None
+        except sqlite3.Error as exc:
+            if is_unusable(exc):
+                raise database_error(exc, database_path(conn)) from exc
+            raise
+        totals.grow(priority, [1, draft.size, 1, 0])
         return op
 
     def _insert_new(self, op: Op, data: Optional[str], size: int, now: float) -> None:

@@ -76,6 +76,14 @@ FORGET_STALE_KEYS = (
     "DELETE FROM outbox_keys "
     "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"
 )
+# A write on a key with no pending op, in one autocommit statement checked by the database
+# (db.MIGRATIONS, version 5): refused with db.NEW_KEY_REFUSED unless nothing changed since
+# :data_version and the key has no outbox_keys row.
+RECORD_ON_NEW_KEY = (
+    "INSERT INTO outbox_new_key (op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at, data_version) VALUES (:op_id, :collection, :key, :kind, :hlc, :data, "
+    ":priority, :size, :enqueued_at, :data_version)"
+)
 TOTALS = "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals"
 GROW = (
     "UPDATE outbox_totals SET ops = ops + :ops, bytes = bytes + :bytes, "

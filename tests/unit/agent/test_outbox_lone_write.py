@@ -1,0 +1,165 @@
+"""A write on a key with no pending op: one autocommit statement, checked by the database
+(outbox_new_key, db.MIGRATIONS version 5), or the general path when that check refuses."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from device_agent.db import MIGRATIONS, transaction
+from device_agent.errors import OutboxFull
+from shared.contracts import OpKind
+from tests.support.agent_store import Store, open_store
+
+pytestmark = pytest.mark.agent
+
+
+@contextmanager
+def statements(conn: sqlite3.Connection) -> Iterator[list[str]]:
+    """The statements `conn` runs meanwhile, without those run by triggers ("-- ...")."""
+    seen: list[str] = []
+    conn.set_trace_callback(lambda sql: None if sql.startswith("--") else seen.append(sql))
+    try:
+        yield seen
+    finally:
+        conn.set_trace_callback(None)
+
+
+def lone(seen: list[str]) -> bool:
+    """Whether the write ran as the one statement into outbox_new_key (a trace repeats it
+    for each statement of its trigger)."""
+    return bool(seen) and all(sql.startswith("INSERT INTO outbox_new_key") for sql in seen)
+
+
+def put(store: Store, key: str) -> str:
+    return store.outbox.record("items", key, OpKind.PUT, {"k": key}).op_id
+
+
+def stored(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    return conn.execute("SELECT key, seq FROM outbox ORDER BY seq").fetchall()
+
+
+def test_a_lone_write_is_one_statement_and_stored_counted_and_keyed_as_the_general_path(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev")
+    put(store, "first")  # the general path: reads and keeps the totals and the clock
+
+    with statements(store.conn) as seen:
+        op_id = put(store, "second")
+
+    assert lone(seen)
+    assert store.outbox.get(op_id).op.key == "second"
+    (first, first_seq), (second, second_seq) = stored(store.conn)
+    assert (first, second) == ("first", "second") and second_seq == first_seq + 1
+    assert store.conn.execute("SELECT key FROM outbox_keys ORDER BY key").fetchall() == [
+        ("first",),
+        ("second",),
+    ]
+    ops, size, next_seq = store.conn.execute(
+        "SELECT ops, bytes, next_seq FROM outbox_totals WHERE priority = 2"
+    ).fetchone()
+    assert (ops, next_seq) == (2, second_seq + 1)
+    assert size == store.conn.execute("SELECT sum(size) FROM outbox").fetchone()[0]
+    assert store.state.last_hlc() == store.outbox.get(op_id).op.hlc
+
+
+def test_a_write_on_a_key_with_a_pending_op_is_refused_by_the_check_and_coalesces(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev")
+    put(store, "k")
+    put(store, "other")
+
+    with statements(store.conn) as seen:
+        newest = put(store, "k")
+
+    assert not lone(seen)
+    assert [key for key, _ in stored(store.conn)] == ["k", "other"]
+    assert store.outbox.pending_for("items", "k")[0].op_id == newest
+
+
+def test_a_commit_by_another_connection_sends_the_next_write_down_the_general_path(
+    tmp_path: Path,
+) -> None:
+    # Given two connections to one database, the first keeping copies of totals and clock
+    path = tmp_path / "agent.db"
+    mine = open_store(path, device_id="dev", max_ops=3)
+    theirs = open_store(path, max_ops=3)
+    put(mine, "a")
+
+    # When the other fills the outbox to its bound behind those copies' back
+    put(theirs, "b")
+    put(theirs, "c")
+
+    # Then the first connection's copies say there is room, but the write is refused
+    with statements(mine.conn) as seen, pytest.raises(OutboxFull):
+        put(mine, "d")
+    assert not lone(seen)
+    assert [key for key, _ in stored(mine.conn)] == ["a", "b", "c"]
+
+
+def test_a_stamp_after_another_connections_commit_is_above_theirs(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    mine = open_store(path, device_id="dev", now_ms=lambda: 1_764_000_000_000)
+    theirs = open_store(path, now_ms=lambda: 1_764_000_060_000)  # a minute ahead
+    first = mine.outbox.record("items", "a", OpKind.PUT, {})
+
+    ahead = theirs.outbox.record("items", "b", OpKind.PUT, {})
+    after = mine.outbox.record("items", "c", OpKind.PUT, {})
+
+    assert first.hlc < ahead.hlc < after.hlc
+    assert mine.state.last_hlc() == after.hlc
+
+
+def test_a_lone_write_after_relaxed_transactions_commits_with_an_fsync(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev")
+    put(store, "a")
+    store.outbox.ack([pending.op.op_id for pending in store.outbox.claim()])  # not fsynced
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+    put(store, "b")
+    with statements(store.conn) as seen:
+        put(store, "c")
+
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert lone(seen)
+
+
+def test_a_write_inside_an_outer_transaction_is_undone_with_it(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev")
+    put(store, "a")
+
+    with pytest.raises(RuntimeError), transaction(store.conn):
+        put(store, "b")
+        raise RuntimeError("the application changes its mind")
+
+    assert [key for key, _ in stored(store.conn)] == ["a"]
+    put(store, "c")
+    assert [key for key, _ in stored(store.conn)] == ["a", "c"]
+    assert store.outbox.stats().total_ops == 2
+
+
+def test_a_version_4_database_gets_the_check_and_its_writes_continue_in_their_band(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.db"
+    with mock.patch("device_agent.db.SCHEMA_VERSION", 4):
+        old = open_store(path, device_id="dev")
+        put(old, "a")  # a fresh connection's first write takes the general path
+        assert old.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        old.close()
+
+    store = open_store(path)
+    put(store, "b")
+    with statements(store.conn) as seen:
+        put(store, "c")
+
+    assert lone(seen)
+    assert [key for key, _ in stored(store.conn)] == ["a", "b", "c"]
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
