@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from bench.common import Context, Goal, Section, goals_table, table
-from bench.outbox import STATEMENTS_ALONE
+from bench.outbox import PYTHON_ON_RAW, STATEMENTS_ALONE
 
 NOTES = """\
 How each subject is driven (same machine, same run, WAL, synchronous=FULL for all, one fresh
@@ -100,14 +100,23 @@ def _single_figures(results: dict[str, Any]) -> str:
     first_raw = single.get("first round: raw sqlite3")
     first_ours = single.get("first round: fieldsync outbox")
     first_alone = single.get(f"first round: {STATEMENTS_ALONE}")
+    python = single.get(PYTHON_ON_RAW)
+    first_python = single.get(f"first round: {PYTHON_ON_RAW}")
     if not (raw and ours and alone and first_raw and first_ours and first_alone):
         return ""
     per_round = results["sizes"]["single"] // 10
+    on_raw = (
+        f"; the baseline's write with the outbox's Python in front ({_fmt(python)} ops/s) "
+        f"{python / raw:.2f}x and {first_python / first_raw:.2f}x"
+        if python and first_python
+        else ""
+    )
     return (
         "Durable single enqueue in this run, as a share of the raw baseline's rate: "
         f"the outbox {ours / raw:.2f}x over all {results['sizes']['single']:,} writes and "
         f"{first_ours / first_raw:.2f}x over the first {per_round:,}; its statements alone "
-        f"({_fmt(alone)} ops/s) {alone / raw:.2f}x and {first_alone / first_raw:.2f}x.\n"
+        f"({_fmt(alone)} ops/s) {alone / raw:.2f}x and {first_alone / first_raw:.2f}x"
+        f"{on_raw}.\n"
     )
 
 

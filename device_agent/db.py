@@ -45,6 +45,11 @@ class DeviceConnection(sqlite3.Connection):
     # the level in force now (see _Transaction._set_level).
     synchronous_level: Optional[int] = None
     synchronous_now: Optional[int] = None
+    # Whether a lone write on a new key may run as one statement (Outbox.record): its
+    # trigger reads the pragma_data_version table, which SQLite refuses in a trigger where
+    # the schema is not trusted (PRAGMA trusted_schema = OFF, a hardening some builds default
+    # to); such a connection takes the general path for every write.
+    lone_writes: bool = False
 
 
 # The message of outbox_new_key's refusal (schema version 5, below): the write then takes the
@@ -360,6 +365,7 @@ def open_database(
         conn.synchronous_level = conn.synchronous_now = SYNCHRONOUS_MODES.index(mode)
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, location)
+        conn.lone_writes = _schema_trusted(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise database_error(exc, location) from exc
@@ -396,6 +402,13 @@ def _check_ownership(conn: sqlite3.Connection, location: str, *, create: bool) -
         "another --db path",
         path=location,
     )
+
+
+def _schema_trusted(conn: sqlite3.Connection) -> bool:
+    """Whether the schema's triggers may read table-valued pragmas (SQLite before 3.31 has no
+    such setting: they always may)."""
+    row = conn.execute("PRAGMA trusted_schema").fetchone()
+    return row is None or bool(row[0])
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

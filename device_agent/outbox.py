@@ -171,10 +171,10 @@ class Outbox:
         checks both: db.MIGRATIONS, version 5); None if the general path must decide."""
         conn = self._conn
         cached = getattr(conn, "totals", None)
-        if (
-            cached is None or conn.in_transaction or conn.synchronous_now != conn.synchronous_level  # type: ignore[attr-defined]
-        ):
+        if cached is None or not getattr(conn, "lone_writes", False) or conn.in_transaction:
             return None
+        if conn.synchronous_now != conn.synchronous_level:  # type: ignore[attr-defined]
+            return None  # relaxed by a claim or an ack: the general path makes it durable
         version, totals = cached
         if totals.ops >= self.max_ops or totals.size + draft.size > self.max_bytes:
             return None  # refused by the general path, with the totals read again
@@ -202,6 +202,7 @@ class Outbox:
                 raise
             return None
         except sqlite3.Error as exc:
+            conn.clock = conn.totals = None  # type: ignore[attr-defined]  # as a rollback does
             if is_unusable(exc):
                 raise database_error(exc, database_path(conn)) from exc
             raise

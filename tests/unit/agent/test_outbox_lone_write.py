@@ -11,9 +11,10 @@ from unittest import mock
 
 import pytest
 
-from device_agent.db import MIGRATIONS, transaction
+from device_agent.db import MIGRATIONS, _schema_trusted, transaction
 from device_agent.errors import OutboxFull
-from shared.contracts import OpKind
+from shared.contracts import OpKind, parse_hlc
+from shared.contracts.hlc import format_hlc
 from tests.support.agent_store import Store, open_store
 
 pytestmark = pytest.mark.agent
@@ -163,3 +164,83 @@ def test_a_version_4_database_gets_the_check_and_its_writes_continue_in_their_ba
     assert lone(seen)
     assert [key for key, _ in stored(store.conn)] == ["a", "b", "c"]
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+
+
+T0_MS = 1_764_000_000_000
+
+
+def test_a_server_time_merged_on_the_same_connection_is_below_the_next_lone_write(
+    tmp_path: Path,
+) -> None:
+    # (data_version does not change for a connection's own commits: the copy of the clock
+    # must follow them)
+    store = open_store(tmp_path / "agent.db", device_id="dev", now_ms=lambda: T0_MS)
+    put(store, "a")
+    put(store, "b")
+
+    store.state.merge_server_time(format_hlc(T0_MS + 60_000, 7, "server"))
+    with statements(store.conn) as seen:
+        put(store, "c")
+    with statements(store.conn) as again:
+        put(store, "d")
+
+    stamps = [store.outbox.pending_for("items", key)[0].hlc for key in "abcd"]
+    assert stamps[1] < format_hlc(T0_MS + 60_000, 7, "server") < stamps[2] < stamps[3]
+    assert not lone(seen) and lone(again)  # the clock is read again once, then kept
+
+
+def test_a_clock_set_back_on_the_same_connection_stamps_the_next_lone_write_from_there(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev", now_ms=lambda: T0_MS)
+    put(store, "a")
+    put(store, "b")
+
+    store.state.restamp_clock(format_hlc(T0_MS - 3_600_000, 0, "server"))
+    put(store, "c")
+    put(store, "d")
+
+    c, d = (parse_hlc(store.outbox.pending_for("items", key)[0].hlc) for key in "cd")
+    # The wall clock reads an hour ahead of the server: stamps follow the corrected clock.
+    assert c.physical_ms == d.physical_ms == T0_MS - 3_600_000
+    assert (c.logical, d.logical) == (1, 2)
+
+
+def test_a_key_whose_op_was_acked_is_written_by_the_general_path_which_clears_its_row(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev")
+    acked = put(store, "a")
+    put(store, "other")
+    store.outbox.claim()
+    store.outbox.ack([acked])  # the outbox_keys row of "a" is stale now, not yet swept
+    put(store, "spare")
+    assert ("a",) in store.conn.execute("SELECT key FROM outbox_keys").fetchall()
+
+    with statements(store.conn) as seen:
+        op_id = put(store, "a")
+
+    assert not lone(seen)
+    assert store.conn.execute(
+        "SELECT o.op_id FROM outbox_keys AS k LEFT JOIN outbox AS o ON o.seq = k.seq "
+        "WHERE k.key = 'a'"
+    ).fetchall() == [(op_id,)]
+
+
+def test_a_connection_whose_schema_is_not_trusted_takes_the_general_path(tmp_path: Path) -> None:
+    # SQLite refuses the trigger's read of pragma_data_version where the schema is not
+    # trusted (a hardening some builds make the default).
+    path = tmp_path / "agent.db"
+    open_store(path).close()
+    with mock.patch("device_agent.db._schema_trusted", return_value=False):
+        store = open_store(path, device_id="dev")
+    store.conn.execute("PRAGMA trusted_schema = OFF")
+    assert not _schema_trusted(store.conn)
+
+    for key in "abc":
+        with statements(store.conn) as seen:
+            put(store, key)
+        assert not lone(seen)
+
+    assert [key for key, _ in stored(store.conn)] == ["a", "b", "c"]
+    assert open_store(path).conn.lone_writes  # type: ignore[attr-defined]

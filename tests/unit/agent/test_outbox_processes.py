@@ -35,6 +35,10 @@ def test_two_processes_recording_at_once_lose_nothing(tmp_path):
         mine = [stored[op_id][1] for op_id in printed[tag]]
         assert mine == sorted(mine)
         assert {parse_hlc(h).node for h in mine} == {store.state.settings().device_id}
+    # and stamps that increase in the order the writes committed, across both writers (seq
+    # order: one priority, unique keys): each stamp is above every one stored before it
+    in_commit_order = [row[0] for row in store.conn.execute("SELECT hlc FROM outbox ORDER BY seq")]
+    assert in_commit_order == sorted(in_commit_order)
 
 
 def test_leases_of_a_crashed_process_become_pending_on_open(tmp_path):
