@@ -33,36 +33,35 @@ and ack/done.
 
 ANALYSIS = """\
 Where the time goes (statement timings with `perf_counter_ns` and cProfile, and the
-"statements alone" subject of this run, on this machine; see the goals table for which goals
-this run met). The outbox tables are those of schema version 3 (`device_agent/db.py`,
-described in `docs/architecture.md`; version 4 only adds a table for resyncs): the table's
-seq order is the claim order, ops by key live in
-`outbox_keys` (rows added by a trigger, left stale by acks), the totals are updated once per
-statement, and the outbox has no op id index (delivery carries the ids of ops handed out).
+"statements alone" and "raw sqlite3 + the outbox's Python" subjects of this run, on this
+machine; see the goals table for which goals this run met). The outbox tables are those of
+schema version 5 (`device_agent/db.py`, described in `docs/architecture.md`): the table's
+seq order is the claim order, ops by key live in `outbox_keys` (rows added by a trigger,
+left stale by acks), the totals are updated once per statement, and the outbox has no op id
+index (delivery carries the ids of ops handed out).
 
-- **Durable single enqueue.** A write on a key with no pending op runs six statements
-  (`BEGIN IMMEDIATE`, `PRAGMA data_version`, the key's lookup for coalescing, the insert,
-  whose trigger adds the key row, the totals update, `COMMIT`) and writes three pages (the
-  op's row, its key row, its priority's totals row); the baseline runs three and writes one.
-  Each connection keeps the totals and the clock between transactions while
-  `data_version` shows no other writer, so nothing else is read. Two costs remain. The
-  statements and pages themselves: the *statements alone* figure above runs exactly these
-  statements with precomputed values and no Python, and is the ceiling for this layout. It
-  falls as the outbox grows (compare the first round of 2,000 writes with the whole run),
-  because keys land all over the `outbox_keys` B-tree and three WAL frames per write bring
-  a checkpoint every ~330 writes instead of every ~1,000, each writing back more scattered
-  pages. And the Python of a correct write (validation, the HLC stamp, the op id, the bound
-  check), which runs after every fsync on cold caches: with fsync off the same Python
-  costs ~70 us a write against ~56 us for the statements, and the validation alone takes
-  ~18 us inside the write loop against ~8 us in a loop of its own (measured by hand,
-  2026-11-25). Version 3 took the ratio from ~0.57x to ~0.65x on 20,000 writes in
-  back-to-back runs of both versions. Other layouts measured by hand, interleaved with the
-  raw baseline: the bare statements without the totals update (two pages) reach ~0.85x,
-  and with no key row either (one page) ~0.89x; an append-only journal file (one `pwrite`
-  and `fdatasync` a write, no SQLite) matches the baseline bare (1.02x) but reaches only
-  ~0.71x once the same validation runs before each write. So on this machine no storage
-  layout meets 0.8x while a correct write's Python runs cold after each fsync. On a device
-  whose fsync takes milliseconds (an SD card) the same overhead is a few percent.
+- **Durable single enqueue.** A write on a key with no pending op is one autocommit
+  statement (version 5): an `INSERT` into the view `outbox_new_key`, whose trigger checks
+  that no other connection has committed since this one's copies of the totals and the
+  clock were read (`PRAGMA data_version`) and that the key has no op, then stores the op
+  (another trigger adds its key row) and updates its priority's totals row: three pages,
+  where the baseline writes one. Version 4 ran six statements in a `BEGIN IMMEDIATE`
+  transaction; interleaved with the baseline by hand (2026-11-25, 10,000-20,000 writes),
+  version 5 took the ratio from 0.63-0.65x to 0.69-0.74x, and 0.80x on one run of 5,000.
+  Two costs remain, and this run measures each on its own. The *statements alone* subject
+  runs that one statement with precomputed values: the ceiling of this layout. The *raw
+  sqlite3 + the outbox's Python* subject runs the baseline's own write with the outbox's
+  Python in front of it (validation and encoding, the HLC stamp, the op id, the `Op`):
+  the ceiling of any storage layout under that Python. That Python costs ~10 us warm, but
+  it runs after every fsync on cold caches, where it costs several times more; by hand it
+  took the baseline to 0.79-0.88x in different runs. Each cost alone leaves the ratio
+  near 0.8x, and together they add up. Other layouts measured by hand: the one statement
+  without the totals update (two pages) ~0.77x, and with no key row either (one page)
+  ~0.79x; an append-only journal file (one `pwrite` and `fdatasync` a write, no SQLite)
+  matches the baseline bare (1.02x) but reaches only ~0.71x with the same validation in
+  front. So on this machine no storage layout meets 0.8x reliably while a correct write's
+  Python runs cold after each fsync. On a device whose fsync takes milliseconds (an SD
+  card) the same overhead is a few percent.
 - **Batched enqueue** is CPU-bound at ~16 us per op (cProfile, 1,000-op batches): ~6 us in
   SQLite (the insert with its key row, ~4.8 us with its share of the commit; the coalescing
   lookup, one statement per collection, ~1.2 us) and ~10 us of Python (validation and the
