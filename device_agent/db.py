@@ -306,6 +306,27 @@ MIGRATIONS: list[list[str]] = [
               WHERE priority = NEW.priority;
            END""",
     ],
+    [
+        # Version 6: the ops a pending op replaced or made dead when it was recorded
+        # (coalescing), kept under its seq until the cloud answers for it. Acked, they are
+        # garbage (their op's seq is never used again) and are swept with the stale
+        # outbox_keys rows; rejected, they return to the outbox (Outbox.quarantine), so an
+        # op the cloud refuses does not take older accepted writes down with it. One level:
+        # an op that is replaced in turn passes on only itself, not what it had replaced.
+        """CREATE TABLE outbox_replaced (
+             by_seq      INTEGER NOT NULL,
+             op_id       TEXT NOT NULL,
+             collection  TEXT NOT NULL,
+             key         TEXT NOT NULL,
+             kind        TEXT NOT NULL,
+             hlc         TEXT NOT NULL,
+             data        TEXT,
+             priority    INTEGER NOT NULL,
+             size        INTEGER NOT NULL,
+             enqueued_at REAL NOT NULL,
+             PRIMARY KEY (by_seq, op_id)
+           ) WITHOUT ROWID""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables every version of the schema has: a file with user_version > 0 but without them

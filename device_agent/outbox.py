@@ -46,9 +46,13 @@ from device_agent.outbox_sql import (
     CANDIDATES,
     CHUNK,
     FORGET_ALL_KEYS,
+    FORGET_ALL_REPLACED,
+    FORGET_REPLACED_BY,
     FORGET_STALE_KEYS,
+    FORGET_STALE_REPLACED,
     GROW,
     LEASE,
+    MARK_HANDED_OUT,
     NO_STALE_KEYS,
     OLDEST,
     RECORD_ON_NEW_KEY,
@@ -58,6 +62,7 @@ from device_agent.outbox_sql import (
     REMOVE_HANDED_OUT,
     REMOVE_RETURNING,
     REMOVE_SCANNED,
+    REPLACED_BY,
     SEQS_HANDED_OUT,
     SEQS_SCANNED,
     TO_REMOVE,
@@ -65,6 +70,7 @@ from device_agent.outbox_sql import (
     TOTALS,
 )
 from device_agent.outbox_write import (
+    INSERT,
     OP_ID_CHARS,
     Growth,
     encode,
@@ -451,7 +457,9 @@ class Outbox:
         stale = totals.stale + len(rows)
         self._apply(growth)  # (may update `totals` in place: it can be the connection's copy)
         if left == 0 or stale > max(SWEEP_STALE_KEYS_ABOVE, left):
+            # (what acked ops had replaced goes with their keys)
             self._conn.execute(FORGET_ALL_KEYS if left == 0 else FORGET_STALE_KEYS)
+            self._conn.execute(FORGET_ALL_REPLACED if left == 0 else FORGET_STALE_REPLACED)
             self._conn.execute(NO_STALE_KEYS)
             if isinstance(self._conn, DeviceConnection):
                 self._conn.totals = None
@@ -551,7 +559,42 @@ class Outbox:
                 "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq WHERE o.seq = :seq",
                 {"seq": seq, "code": reason, "message": message, "now": self._now()},
             )
+            replaced = self._conn.execute(REPLACED_BY, {"seq": seq}).fetchall()
             self._remove([seq])
+            if replaced:
+                self._restore(replaced)
+                self._conn.execute(FORGET_REPLACED_BY, {"seq": seq})
+
+    def _restore(self, rows: list[Any]) -> None:
+        """Put back the ops a quarantined op had replaced (`REPLACED_BY` rows), at the end of
+        their priorities, as if handed out once: newer writes on their keys may have been
+        sent, so none may be coalesced into. Not checked against the bounds: the user wrote
+        them, and the cloud has answered for none of them."""
+        totals = self._totals()
+        next_seqs = dict(totals.next_seqs)
+        growth = Growth()
+        restored = []
+        for op_id, collection, key, kind, hlc, data, priority, size, enqueued_at in rows:
+            seq = next_seqs[priority]
+            next_seqs[priority] = seq + 1
+            growth.add(priority, 1, size, 1)
+            restored.append(
+                {
+                    "seq": seq,
+                    "op_id": op_id,
+                    "collection": collection,
+                    "key": key,
+                    "kind": kind,
+                    "hlc": hlc,
+                    "data": data,
+                    "priority": priority,
+                    "size": size,
+                    "enqueued_at": enqueued_at,
+                }
+            )
+        self._conn.executemany(INSERT, restored)
+        self._conn.executemany(MARK_HANDED_OUT, restored)
+        self._apply(growth)
 
     def quarantined(self) -> list[QuarantinedOp]:
         """Every quarantined op, oldest quarantine first."""
@@ -597,10 +640,7 @@ class Outbox:
                 {"seq": seq, "op_id": op_id, "now": self._now()},
             )
             # Marked as handed out: newer writes on its key may have been sent already.
-            self._conn.execute(
-                "INSERT INTO delivery (seq, op_id) VALUES (:seq, :op_id)",
-                {"seq": seq, "op_id": op_id},
-            )
+            self._conn.execute(MARK_HANDED_OUT, {"seq": seq, "op_id": op_id})
             self._conn.execute("DELETE FROM quarantine WHERE op_id = :op_id", {"op_id": op_id})
             self._apply(growth)
             return self._pending_at(seq).op

@@ -72,6 +72,25 @@ TO_REMOVE = "SELECT priority, size FROM outbox WHERE seq IN (SELECT value FROM j
 REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
 FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = :collection AND key = :key AND seq = :seq"
 FORGET_ALL_KEYS = "DELETE FROM outbox_keys"
+# What pending ops replaced (db.MIGRATIONS, version 6): kept under the replacing op's seq.
+KEEP_REPLACED = (
+    "INSERT OR REPLACE INTO outbox_replaced (by_seq, op_id, collection, key, kind, hlc, data, "
+    "priority, size, enqueued_at) VALUES (:by_seq, :op_id, :collection, :key, :kind, :hlc, "
+    ":data, :priority, :size, :enqueued_at)"
+)
+REPLACED_BY = (
+    "SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at "
+    "FROM outbox_replaced WHERE by_seq = :seq ORDER BY hlc"
+)
+# An op put back in the outbox (quarantine retried, or restored) counts as handed out once: newer
+# writes on its key may have been sent, so none may be coalesced into it.
+MARK_HANDED_OUT = "INSERT INTO delivery (seq, op_id) VALUES (:seq, :op_id)"
+FORGET_REPLACED_BY = "DELETE FROM outbox_replaced WHERE by_seq = :seq"
+FORGET_ALL_REPLACED = "DELETE FROM outbox_replaced"
+FORGET_STALE_REPLACED = (
+    "DELETE FROM outbox_replaced "
+    "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_replaced.by_seq)"
+)
 FORGET_STALE_KEYS = (
     "DELETE FROM outbox_keys "
     "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"

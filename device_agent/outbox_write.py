@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from device_agent.outbox_model import op_from_row
-from device_agent.outbox_sql import FORGET_KEY
+from device_agent.outbox_sql import FORGET_KEY, FORGET_REPLACED_BY, KEEP_REPLACED
 from shared.contracts import ContractError, Op, OpKind
 from shared.contracts.model import compact_json
 from shared.contracts.validation import Problem
@@ -44,7 +44,7 @@ _ON_KEYS_OF = _ON_KEYS.format(
 )
 # A single write (`record`): a plain primary-key lookup, no JSON array to walk.
 _ON_ONE_KEY = _ON_KEYS.format(collection=":collection", key="= :key")
-_INSERT = (
+INSERT = (
     "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
     "enqueued_at) VALUES (:seq, :op_id, :collection, :key, :kind, :hlc, :data, :priority, "
     ":size, :enqueued_at)"
@@ -212,8 +212,20 @@ def store_ops(
         plan.add(op, None if encoded is None else encoded[position])
     growth = Growth()
     _rewrite(conn, plan.updated, plan.moved, growth)
+    seqs: dict[str, int] = {}
     if plan.inserts:
-        _insert(conn, plan.inserts, plan.enqueued, next_seqs, now=now, growth=growth)
+        seqs = _insert(
+            conn,
+            plan.inserts,
+            plan.enqueued,
+            next_seqs,
+            now=now,
+            growth=growth,
+            seqs_of=set(plan.replaced),
+        )
+    if plan.replaced:
+        seqs.update((slot.op.op_id, seq) for seq, slot in plan.updated.items())
+        _keep_replaced(conn, plan.replaced, seqs, now)
     return plan.stored, growth
 
 
@@ -234,6 +246,9 @@ class _Placement:
         self.moved: list[_Slot] = []  # existing rows deleted (their op moved, or died)
         self.enqueued: dict[int, float] = {}  # enqueue times of moved ops, by insert place
         self.stored: list[Op] = []
+        # The ops each op of the batch replaced or made dead, by its op id, with when they
+        # were enqueued (None: now): kept in case the cloud rejects it (db.MIGRATIONS, 6).
+        self.replaced: dict[str, list[tuple[Op, Optional[float]]]] = {}
 
     def add(self, op: Op, known: Optional[tuple[Optional[str], int]]) -> None:
         """Place `op` (`known`: its `encode(op)`, if the caller has it)."""
@@ -264,9 +279,20 @@ class _Placement:
         urgent than it: sent anyway, they are harmless."""
         for older in self.behind.pop(where):
             if older.op.priority >= op.priority and coalesce(older.op, op) is not None:
+                self._keep(op, older)
                 self._drop(older)
             else:
                 self.behind.setdefault(where, []).append(older)
+
+    def _keep(self, newer: Op, older: _Slot) -> None:
+        """Keep `older`'s op as replaced by `newer`, in place of what it had replaced itself:
+        should the cloud reject `newer`, `older` comes back (one level)."""
+        self.replaced.pop(older.op.op_id, None)
+        if older.seq is not None:
+            since = older.since
+        else:
+            since = None if older.index is None else self.enqueued.get(older.index)
+        self.replaced.setdefault(newer.op_id, []).append((older.op, since))
 
     def _drop(self, slot: _Slot) -> None:
         if slot.index is not None:  # in this batch's inserts (a moved row is deleted anyway)
@@ -280,6 +306,7 @@ class _Placement:
     def _replace(self, slot: _Slot, replacement: Op) -> None:
         """Put `replacement` where the newest op on its key, `slot`, stands."""
         raised = replacement.priority != slot.op.priority
+        self._keep(replacement, slot)
         slot.op = replacement
         self.stored.append(replacement)
         if slot.index is not None and raised:
@@ -314,10 +341,12 @@ def _insert(
     *,
     now: float,
     growth: Growth,
-) -> None:
+    seqs_of: set[str],
+) -> dict[str, int]:
     """Insert new ops at the next seqs of their priorities (each op with its `encode(op)` if
     known; None is a place left empty), enqueued `now` unless `enqueued` says otherwise,
-    counting them in `growth`."""
+    counting them in `growth`. Returns the seqs of the ops named in `seqs_of`, by op id."""
+    seqs = {}
     rows = []
     for place, item in enumerate(inserts):
         if item is None:  # an op that moved further down the batch
@@ -335,11 +364,33 @@ def _insert(
             entry[1] += size
             entry[2] += 1
         rows.append(_row(op, seq, (data, size), enqueued.get(place, now)))
+        if seqs_of and op.op_id in seqs_of:
+            seqs[op.op_id] = seq
     # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
     if len(rows) == 1:  # execute costs less than executemany for one row
-        conn.execute(_INSERT, rows[0])
+        conn.execute(INSERT, rows[0])
     else:
-        conn.executemany(_INSERT, rows)
+        conn.executemany(INSERT, rows)
+    return seqs
+
+
+def _keep_replaced(
+    conn: sqlite3.Connection,
+    replaced: dict[str, list[tuple[Op, Optional[float]]]],
+    seqs: dict[str, int],
+    now: float,
+) -> None:
+    """Store what each op replaced under its seq, in place of what was stored there."""
+    rows = []
+    for op_id, kept in replaced.items():
+        seq = seqs[op_id]
+        for op, since in kept:
+            params, _ = _params(op, seq)
+            params.update(by_seq=params.pop("seq"), collection=op.collection, key=op.key)
+            params["enqueued_at"] = now if since is None else since
+            rows.append(params)
+    conn.executemany(FORGET_REPLACED_BY, [{"seq": seqs[op_id]} for op_id in replaced])
+    conn.executemany(KEEP_REPLACED, rows)
 
 
 def _rewrite(
@@ -371,13 +422,13 @@ def insert_op(
     conn: sqlite3.Connection, op: Op, seq: int, stored: tuple[Optional[str], int], now: float
 ) -> None:
     """Store a new op at `seq`; `stored` is `encode(op)`."""
-    conn.execute(_INSERT, _row(op, seq, stored, now))  # and a trigger adds its key row
+    conn.execute(INSERT, _row(op, seq, stored, now))  # and a trigger adds its key row
 
 
 def _row(
     op: Op, seq: int, stored: tuple[Optional[str], int], enqueued_at: float
 ) -> dict[str, object]:
-    """The parameters of `_INSERT` for `op` at `seq` (`stored`: `encode(op)`)."""
+    """The parameters of `INSERT` for `op` at `seq` (`stored`: `encode(op)`)."""
     return {
         "seq": seq,
         "op_id": op.op_id,

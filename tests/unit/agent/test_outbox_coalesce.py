@@ -269,23 +269,29 @@ base_records = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(script=st.lists(actions, max_size=25), base=base_records)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=st.lists(actions, max_size=25), base=base_records, rejected=st.integers(0, 15))
 # Another device's field between a put and a patch, and between two patches on other fields:
 # merged at the newer HLC, the put would erase it and the older patch's field would beat it.
 @example(
     script=[("put", "k1", {"a": 1}), ("other patch", "k1", {"x": 1}), ("patch", "k1", {"b": 2})],
     base=None,
+    rejected=99,
 )
 @example(
     script=[("patch", "k1", {"a": 1}), ("other patch", "k1", {"a": 2}), ("patch", "k1", {"b": 2})],
     base=None,
+    rejected=99,
 )
-def test_coalesced_ops_leave_the_server_where_all_original_ops_would(script, base):
+# The newer of two puts refused: the older one, which it had replaced, reaches the server.
+@example(script=[("put", "k1", {"a": 1}), ("put", "k1", {"b": 2})], base=None, rejected=1)
+def test_coalesced_ops_leave_the_server_where_all_original_ops_would(script, base, rejected):
     """Given any interleaving of writes, claims, acks and releases on two keys, a server
     record written earlier by another device, and that device's writes stamped between this
     one's: when everything is finally delivered, the server (apply_lww) shows the same
-    documents as if every original op had been sent."""
+    documents as if every original op had been sent. The server rejects this device's
+    `rejected`-th write if it reaches it (quarantined): then as if every other op had been
+    sent, whatever that write had replaced."""
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "agent.db", device_id="dev", synchronous="OFF")
         start = {
@@ -299,15 +305,24 @@ def test_coalesced_ops_leave_the_server_where_all_original_ops_would(script, bas
         in_flight: list[str] = []
         latest = OTHER
 
+        refused: list[str] = []
+        own_writes = 0
+
         def deliver(op_ids: list[str]) -> None:
             for op_id in op_ids:
+                if op_id in refused:
+                    store.outbox.quarantine(op_id, "invalid_op", "refused by a server rule")
+                    continue
                 op = store.outbox.get(op_id).op
                 server[op.key] = apply_lww(server[op.key], op).record
-            store.outbox.ack(op_ids)
+            store.outbox.ack([op_id for op_id in op_ids if op_id not in refused])
 
         for name, arg, data in script:
             if name in ("put", "patch", "delete"):
                 stored = store.outbox.record("items", arg, OpKind(name), data)
+                if own_writes == rejected:
+                    refused.append(stored.op_id)
+                own_writes += 1
                 originals.append(Op(stored.op_id, "items", arg, OpKind(name), stored.hlc, data))
                 latest = stored.hlc
             elif name.startswith("other"):
@@ -336,7 +351,8 @@ def test_coalesced_ops_leave_the_server_where_all_original_ops_would(script, bas
 
     expected = dict(start)
     for op in originals:
-        expected[op.key] = apply_lww(expected[op.key], op).record
+        if op.op_id not in refused:
+            expected[op.key] = apply_lww(expected[op.key], op).record
     for key in KEYS:
         assert visible(server[key]) == visible(expected[key]), key
 
@@ -409,8 +425,16 @@ def test_a_batch_stores_exactly_what_recording_its_writes_one_by_one_would(befor
         return ("items", key, kind, {"delete": None, "put": document}.get(kind, data), priority)
 
     def outcome(store: Store) -> list[tuple]:
+        """The pending ops in claim order, each with the ops it keeps as replaced."""
+        kept: dict[str, list[tuple]] = {}
+        for op_id, key, kind, data, priority in store.conn.execute(
+            "SELECT o.op_id, r.key, r.kind, r.data, r.priority FROM outbox_replaced AS r "
+            "JOIN outbox AS o ON o.seq = r.by_seq ORDER BY r.hlc"
+        ):
+            kept.setdefault(op_id, []).append((key, kind, data, priority))
         return [
-            (p.op.key, p.op.kind, p.op.data, p.op.priority) for p in store.outbox.claim(limit=50)
+            (p.op.key, p.op.kind, p.op.data, p.op.priority, kept.get(p.op.op_id))
+            for p in store.outbox.claim(limit=50)
         ]
 
     with tempfile.TemporaryDirectory() as tmp:

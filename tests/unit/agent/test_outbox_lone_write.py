@@ -163,7 +163,7 @@ def test_a_version_4_database_gets_the_check_and_its_writes_continue_in_their_ba
 
     assert lone(seen)
     assert [key for key, _ in stored(store.conn)] == ["a", "b", "c"]
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
 
 
 T0_MS = 1_764_000_000_000

@@ -176,7 +176,7 @@ def test_a_version_1_database_is_migrated_with_its_ops_leases_totals_and_keys(
 
     conn = open_database(path)
 
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     # The old claim, key and op_id indexes and the totals triggers are gone; what is left is
     # the trigger adding outbox_keys rows.
     leftovers = conn.execute(
@@ -272,7 +272,7 @@ def test_a_version_2_database_is_migrated_without_the_op_id_index(tmp_path: Path
 
     conn = open_database(path)
 
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     # The ops, their key rows and the totals are as they were.
     assert conn.execute("SELECT * FROM outbox ORDER BY seq").fetchall() == v2_rows
     assert key_rows(conn) == v2_keys
