@@ -382,7 +382,9 @@ class SyncEngine:
     def pull(self, summary: ProcessingSummary, *, deadline: Optional[float] = None) -> None:
         """Page `/v1/changes` from the stored cursor until `has_more` is false. Only a chain
         of pages that is a full resync's (begun here, or the stored one while a resync is
-        under way) ends it."""
+        under way) ends it. A page is applied, and its cursor stored, only if the stored
+        cursor is still the one it was asked from: two processes pulling at once never move
+        each other's position (their pages overlap; changes apply idempotently by HLC)."""
         cursor, in_resync = self.state.cursor(), self.replica.resyncing()
         resynced = False
         while True:
@@ -392,10 +394,18 @@ class SyncEngine:
             if isinstance(outcome, Page):
                 page = outcome.page
                 with transaction(self.state.conn):
-                    summary.pulled += self.replica.apply_many(page.changes)
-                    self.state.set_cursor(page.cursor)
-                    if not page.has_more and in_resync:
-                        self.replica.finish_resync()
+                    stored = self.state.cursor()
+                    if stored == cursor:
+                        summary.pulled += self.replica.apply_many(page.changes)
+                        self.state.set_cursor(page.cursor)
+                        if not page.has_more and in_resync:
+                            self.replica.finish_resync()
+                if stored != cursor:
+                    # Another process stored a cursor since this page was asked for: its
+                    # chain (a resync, perhaps) owns the position; go on from there. The
+                    # page is dropped unapplied: that chain brings the same changes.
+                    cursor, in_resync = stored, self.replica.resyncing()
+                    continue
                 if self.on_progress is not None:
                     self.on_progress(summary)
                 stalled = page.cursor == cursor  # a cursor that does not move: stop paging

@@ -638,3 +638,47 @@ def test_giving_up_on_a_clock_ahead_op_leaves_the_clock_where_it_was(
     # Then it is stamped after the op still pending (a clock set back alone would stamp it an
     # hour earlier, and the pending op would win over it)
     assert agent.outbox.get(newer).op.hlc > agent.outbox.get(stubborn).op.hlc
+
+
+def test_a_pull_begun_before_another_process_began_a_resync_does_not_move_its_cursor(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given three records pulled, and a fourth written since
+    for name in ("r1", "r2", "r3"):
+        server.write_as_other_device(other_device_op(OpKind.PUT, name, {"n": 1}, ahead_ms=0))
+    rig.agent().close()
+    with Agent.open(rig.path) as first:
+        assert first.sync(timeout=10).synced
+    server.write_as_other_device(other_device_op(OpKind.PUT, "r4", {"n": 1}, ahead_ms=0))
+
+    # And another process whose cursor expired, which resyncs one page while this one's pull
+    # (from the old cursor) is on its way
+    def other_process_resyncs_one_page() -> None:
+        with Agent.open(rig.path, sync_config=SyncConfig(pull_limit=1), max_attempts=1) as other:
+            other.replica.begin_resync()
+            other.state.set_cursor(None)
+
+            def cut(summary: Any) -> None:
+                if summary.pulled:
+                    server.offline = True
+
+            other.sync(timeout=10, progress=cut)
+        server.offline = False
+
+    class RacedTransport(HttpTransport):
+        raced = False
+
+        def pull(self, after: Optional[str], limit: int) -> Any:
+            if not RacedTransport.raced:
+                RacedTransport.raced = True
+                other_process_resyncs_one_page()
+            return super().pull(after, limit)
+
+    agent = Agent.open(rig.path, transport_factory=RacedTransport, max_attempts=1)
+    rig.opened.append(agent)
+    # When this pull's page (of the old chain) comes back
+    assert agent.sync(timeout=10).synced
+    # Then it went on along the resync's chain: the resync ended there, with every record
+    assert not agent.replica.resyncing()
+    assert agent.sync(timeout=10).synced
+    assert [agent.get("prefs", f"r{n}") for n in range(1, 5)] == [{"n": 1}] * 4
