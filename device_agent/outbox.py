@@ -51,6 +51,7 @@ from device_agent.outbox_sql import (
     FORGET_STALE_KEYS,
     FORGET_STALE_REPLACED,
     GROW,
+    KEPT_TO_RESTAMP,
     LEASE,
     MARK_HANDED_OUT,
     NO_STALE_KEYS,
@@ -513,8 +514,9 @@ class Outbox:
 
         For `clock_ahead` rejections, after `AgentState.restamp_clock`. Every outbox op
         stamped at or after the earliest named one, or ahead of the clock, is re-stamped too,
-        in HLC order, so no op overtakes an older one. Returns the re-stamped ops in HLC order;
-        unknown ids are ignored (they may have been acked meanwhile).
+        in HLC order, so no op overtakes an older one; so are the ops they keep as replaced
+        (`outbox_replaced`), which may come back. Returns the re-stamped outbox ops in HLC
+        order; unknown ids are ignored (they may have been acked meanwhile).
         """
         ids = list(dict.fromkeys(op_ids))
         with transaction(self._conn):
@@ -527,18 +529,31 @@ class Outbox:
                 "SELECT MIN(hlc) FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))",
                 {"seqs": json.dumps(seqs)},
             ).fetchone()[0]
-            rows = self._conn.execute(
-                TO_RESTAMP,
-                {"clock": self._state.last_hlc(), "earliest": earliest},
-            ).fetchall()
+            bounds = {"clock": self._state.last_hlc(), "earliest": earliest}
+            rows = self._conn.execute(TO_RESTAMP, bounds).fetchall()
             ops = [pending_from_row(row).op for row in rows]
             if not ops:
                 return []
-            stamps = self._state.stamp_many(len(ops))
-            renewed = [replace(op, hlc=hlc) for op, hlc in zip(ops, stamps)]
+            kept = self._conn.execute(KEPT_TO_RESTAMP, bounds).fetchall()
+            # One HLC order over the outbox ops (source 0) and the kept ones (source 1).
+            order = sorted(
+                [(op.hlc, 0, index) for index, op in enumerate(ops)]
+                + [(hlc, 1, index) for index, (_, _, hlc) in enumerate(kept)]
+            )
+            new_stamps: tuple[dict[int, str], dict[int, str]] = ({}, {})
+            for (_, source, index), stamp in zip(order, self._state.stamp_many(len(order))):
+                new_stamps[source][index] = stamp
+            renewed = [replace(op, hlc=new_stamps[0][index]) for index, op in enumerate(ops)]
             self._conn.executemany(
                 "UPDATE outbox SET hlc = :hlc WHERE seq = :seq",
                 [{"hlc": op.hlc, "seq": row[0]} for op, row in zip(renewed, rows)],
+            )
+            self._conn.executemany(
+                "UPDATE outbox_replaced SET hlc = :hlc WHERE by_seq = :by_seq AND op_id = :op_id",
+                [
+                    {"hlc": new_stamps[1][index], "by_seq": by_seq, "op_id": op_id}
+                    for index, (by_seq, op_id, _) in enumerate(kept)
+                ],
             )
         return renewed
 

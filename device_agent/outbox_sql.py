@@ -31,6 +31,12 @@ TO_RESTAMP = (
     "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq "
     "WHERE o.hlc > :clock OR o.hlc >= :earliest ORDER BY o.hlc"
 )
+# The kept ops (outbox_replaced) of live ops that a re-stamp must move with them.
+KEPT_TO_RESTAMP = (
+    "SELECT r.by_seq, r.op_id, r.hlc FROM outbox_replaced AS r "
+    "WHERE (r.hlc > :clock OR r.hlc >= :earliest) "
+    "AND EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = r.by_seq)"
+)
 # Walks the outbox in seq order, which is claim order (see db.MIGRATIONS, version 2), looks
 # each op up in the (small) delivery table, and stops after `limit` ready ones.
 CANDIDATES = (

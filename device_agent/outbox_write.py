@@ -411,6 +411,8 @@ def _rewrite(
         gone = [{"collection": s.op.collection, "key": s.op.key, "seq": s.seq} for s in moved]
         conn.executemany("DELETE FROM outbox WHERE seq = :seq", gone)
         conn.executemany(FORGET_KEY, gone)
+        # What they had replaced goes with them (one level: they are kept themselves).
+        conn.executemany(FORGET_REPLACED_BY, gone)
 
 
 def rows_on_key(conn: sqlite3.Connection, collection: str, key: str) -> list[Any]:

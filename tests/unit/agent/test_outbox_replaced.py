@@ -11,7 +11,9 @@ from typing import Any, Optional
 import pytest
 
 from device_agent import Agent
-from shared.contracts import OpKind
+from shared.conflict.lww import apply_lww
+from shared.contracts import OpKind, parse_hlc
+from shared.contracts.hlc import format_hlc
 from tests.support.agent_store import Store, open_store
 from tests.support.protocol_server import ProtocolServer
 
@@ -144,3 +146,50 @@ def test_a_sync_delivers_the_older_write_when_the_cloud_rejects_the_newer(
     assert agent.get("prefs", "u1") == {"theme": "dark"}
     assert [held["op_id"] for held in agent.quarantined()] == [refused]
     agent.close()
+
+
+def test_a_re_stamp_moves_the_kept_ops_with_the_op_that_replaced_them(tmp_path: Path) -> None:
+    # Given two puts on a key stamped while the wall clock ran an hour ahead; the second
+    # replaced the first
+    t0 = 1_764_000_000_000
+    wall = [t0 + 3_600_000]
+    store = open_store(tmp_path / "agent.db", device_id="dev", now_ms=lambda: wall[0])
+    first = write(store, "put", {"v": 1})
+    second = write(store, "put", {"v": 2})
+    store.outbox.claim()
+    # When the cloud answers clock_ahead: the clock is set back and the op re-stamped
+    wall[0] = t0
+    store.state.restamp_clock(format_hlc(t0, 0, "server"))
+    store.outbox.restamp([second])
+    store.outbox.release_unattempted([second])
+    latest = write(store, "put", {"v": 3})  # the user's newest write
+    # And the cloud then rejects the re-stamped op for good
+    reject(store, second)
+
+    # Then the op that comes back is stamped below the newest write, not an hour ahead
+    back = store.outbox.get(first).op
+    assert back.hlc < store.outbox.get(latest).op.hlc
+    assert parse_hlc(back.hlc).physical_ms == t0
+    server = None
+    for op in sorted(
+        (store.outbox.get(op_id).op for op_id, _, _ in pending(store)),
+        key=lambda op: op.hlc,
+        reverse=True,
+    ):
+        server = apply_lww(server, op).record  # in any order: the newest write wins
+    assert server is not None and server.data == {"v": 3}
+
+
+def test_kept_ops_stay_bounded_by_the_pending_ops_while_offline(store: Store) -> None:
+    # A put then a patch on one key, again and again, nothing sent: each put drops the
+    # previous pair, and with them what they kept
+    for round_no in range(200):
+        write(store, "put", {"v": round_no})
+        write(store, "patch", {"a": round_no})
+
+    assert store.outbox.depth() == 2
+    kept, orphans = store.conn.execute(
+        "SELECT COUNT(*), TOTAL(NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = r.by_seq)) "
+        "FROM outbox_replaced AS r"
+    ).fetchone()
+    assert kept <= 2 and orphans == 0
