@@ -274,7 +274,7 @@ PYTHON_ON_RAW = "raw sqlite3 + the outbox's Python"
 
 
 def _python_on_raw(path: Path) -> Callable[[], None]:
-    from device_agent.outbox import _draft
+    from device_agent.outbox_draft import draft_write
     from device_agent.outbox_write import new_op_id
     from shared.contracts.hlc import HybridLogicalClock
 
@@ -287,7 +287,9 @@ def _python_on_raw(path: Path) -> Callable[[], None]:
     counter = iter(range(1, 10**9))
 
     def put() -> None:
-        draft = _draft("bench", f"k{next(counter)}", "put", PAYLOAD, placeholder_hlc=placeholder)
+        draft = draft_write(
+            "bench", f"k{next(counter)}", "put", PAYLOAD, placeholder_hlc=placeholder
+        )
         draft.op(new_op_id(), clock.send())
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO q (data) VALUES (:d)", {"d": draft.text})

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Callable, NamedTuple, NoReturn, Optional, Union
+from typing import Any, Callable, NoReturn, Optional, Union
 
 from device_agent.db import (
     NEW_KEY_REFUSED,
@@ -28,6 +28,7 @@ from device_agent.db import (
     transaction,
 )
 from device_agent.errors import NotFound, OutboxFull
+from device_agent.outbox_draft import Draft, draft_write, prepare_write
 from device_agent.outbox_model import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_OPS,
@@ -35,7 +36,6 @@ from device_agent.outbox_model import (
     PendingOp,
     QuarantinedOp,
     WriteItem,
-    make_op,
     op_from_row,
     pending_from_row,
     pending_from_rows,
@@ -64,6 +64,7 @@ from device_agent.outbox_sql import (
     REMOVE_RETURNING,
     REMOVE_SCANNED,
     REPLACED_BY,
+    REPLACED_COLUMNS,
     SEQS_HANDED_OUT,
     SEQS_SCANNED,
     TO_REMOVE,
@@ -72,19 +73,15 @@ from device_agent.outbox_sql import (
 )
 from device_agent.outbox_write import (
     INSERT,
-    OP_ID_CHARS,
     Growth,
-    encode,
     insert_op,
     new_op_id,
     new_op_ids,
     rows_on_key,
     store_ops,
-    stored_size,
 )
 from device_agent.state import AgentState
-from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority, parse_op
-from shared.contracts.validation import encode_valid_write
+from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority
 
 # DELETE ... RETURNING (SQLite 3.35) removes ops and reports their totals in one statement.
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -154,7 +151,7 @@ class Outbox:
         the returned op then takes the place and the more urgent priority of the one it
         replaced. Raises OutboxFull when a bound would be passed.
         """
-        draft = _draft(
+        draft = draft_write(
             collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
         )
         now = self._now()
@@ -172,7 +169,7 @@ class Outbox:
             self._insert_new(op, draft.text, draft.size, now)
         return op
 
-    def _record_on_new_key(self, draft: _Draft, now: float) -> Optional[Op]:
+    def _record_on_new_key(self, draft: Draft, now: float) -> Optional[Op]:
         """The write as one autocommit statement, if the connection's copies of the totals
         and the clock are current and the key turns out to have no pending op (the database
         checks both: db.MIGRATIONS, version 5); None if the general path must decide."""
@@ -242,7 +239,7 @@ class Outbox:
         # Validate before taking the write lock; each op's data is encoded once, for the size
         # limit and for storage.
         placeholder = self._placeholder_hlc()
-        drafts = [_prepare(item, placeholder) for item in writes]
+        drafts = [prepare_write(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
             # The last stamp is persisted with the totals (_apply), not as a write of its own.
@@ -255,7 +252,7 @@ class Outbox:
 
     def _store(
         self,
-        drafts: list[_Draft],
+        drafts: list[Draft],
         stamps: list[str],
         now: float,
         on_keys: Optional[list[Any]] = None,
@@ -589,24 +586,13 @@ class Outbox:
         next_seqs = dict(totals.next_seqs)
         growth = Growth()
         restored = []
-        for op_id, collection, key, kind, hlc, data, priority, size, enqueued_at in rows:
-            seq = next_seqs[priority]
-            next_seqs[priority] = seq + 1
-            growth.add(priority, 1, size, 1)
-            restored.append(
-                {
-                    "seq": seq,
-                    "op_id": op_id,
-                    "collection": collection,
-                    "key": key,
-                    "kind": kind,
-                    "hlc": hlc,
-                    "data": data,
-                    "priority": priority,
-                    "size": size,
-                    "enqueued_at": enqueued_at,
-                }
-            )
+        for row in rows:
+            kept = dict(zip(REPLACED_COLUMNS, row))
+            priority = kept["priority"]
+            kept["seq"] = next_seqs[priority]
+            next_seqs[priority] += 1
+            growth.add(priority, 1, kept["size"], 1)
+            restored.append(kept)
         self._conn.executemany(INSERT, restored)
         self._conn.executemany(MARK_HANDED_OUT, restored)
         self._apply(growth)
@@ -722,9 +708,6 @@ class Outbox:
         )
 
 
-_KINDS = {kind.value: kind for kind in OpKind}
-
-
 class _Totals:
     """outbox_totals summed, with the next free seq of each priority. Mutable: the copy a
     connection keeps (Outbox._totals) follows the connection's own changes in place."""
@@ -743,93 +726,6 @@ class _Totals:
         self.size += entry[1]
         self.next_seqs[priority] += entry[2]
         self.stale += entry[3]
-
-
-class _Draft(NamedTuple):
-    """A validated write before its op id and HLC: the op's fields and its encoded data."""
-
-    collection: str
-    key: str
-    kind: OpKind
-    data: Optional[JsonObject]
-    priority: Priority
-    text: Optional[str]
-    size: int
-
-    def op(self, op_id: str, hlc: str) -> Op:
-        """The op this write becomes with its id and stamp."""
-        return make_op(
-            op_id=op_id,
-            collection=self.collection,
-            key=self.key,
-            kind=self.kind,
-            hlc=hlc,
-            data=self.data,
-            priority=self.priority,
-        )
-
-
-# An op id for parse_op when it decides about a write (ids all have the same length).
-_SAMPLE_OP_ID = new_op_ids(1)[0]
-
-
-def _prepare(item: WriteItem, placeholder_hlc: str) -> _Draft:
-    if len(item) not in (4, 5):
-        raise ValueError(f"a write is (collection, key, kind, data[, priority]), got {item!r}")
-    return _draft(*item, placeholder_hlc=placeholder_hlc)  # type: ignore[misc]
-
-
-# Priority.parse for the values it is usually given: members and plain ints (members hash
-# and compare like their numbers).
-_PRIORITY_OF: dict[object, Priority] = {priority: priority for priority in Priority}
-
-
-def _draft(
-    collection: str,
-    key: str,
-    kind: Union[OpKind, str],
-    data: Optional[JsonObject],
-    priority: Union[Priority, int, str] = Priority.NORMAL,
-    *,
-    placeholder_hlc: str,
-) -> _Draft:
-    """A validated write: its fields, its data encoded once, and its stored size."""
-    known = _PRIORITY_OF.get(priority) if type(priority) in (int, Priority) else None
-    priority = known if known is not None else Priority.parse(priority)
-    kind_value = kind.value if isinstance(kind, OpKind) else kind
-    checked = encode_valid_write(
-        collection=collection,
-        key=key,
-        kind=kind_value,
-        data=data,
-        priority=int(priority),
-        stamp_chars=OP_ID_CHARS + len(placeholder_hlc),
-    )
-    if checked is not None:
-        text, data_bytes = checked
-        return _Draft(
-            collection,
-            key,
-            _KINDS[kind_value],
-            None if data is None else dict(data),
-            priority,
-            text,
-            stored_size(OP_ID_CHARS, collection, key, data_bytes),
-        )
-    # Not certainly valid: parse_op decides, and names every problem if there is one.
-    raw: JsonObject = {
-        "op_id": _SAMPLE_OP_ID,
-        "collection": collection,
-        "key": key,
-        "kind": kind_value,
-        "hlc": placeholder_hlc,
-        "priority": int(priority),
-    }
-    if data is not None or kind_value != OpKind.DELETE.value:
-        raw["data"] = data
-    op = parse_op(raw)
-    text, size = encode(op)
-    return _Draft(op.collection, op.key, op.kind, op.data, op.priority, text, size)
 
 
 def _owner_alive(owner: Optional[str]) -> bool:

@@ -88,6 +88,17 @@ REPLACED_BY = (
     "SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at "
     "FROM outbox_replaced WHERE by_seq = :seq ORDER BY hlc"
 )
+REPLACED_COLUMNS = (
+    "op_id",
+    "collection",
+    "key",
+    "kind",
+    "hlc",
+    "data",
+    "priority",
+    "size",
+    "enqueued_at",
+)
 # An op put back in the outbox (quarantine retried, or restored) counts as handed out once: newer
 # writes on its key may have been sent, so none may be coalesced into it.
 MARK_HANDED_OUT = "INSERT INTO delivery (seq, op_id) VALUES (:seq, :op_id)"
