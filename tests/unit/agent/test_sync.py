@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -453,6 +453,37 @@ def test_an_interrupted_resync_leaves_every_record_in_the_local_view(
     assert [agent.get("prefs", name) for name in ("r1", "r2", "r3")] == [{"n": 1}] * 3
 
 
+def resync_one_page(rig: Rig, server: ProtocolServer, *, begin: bool = False) -> None:
+    """Another process pulls one page of a full resync (`begin`: starts one itself, as when
+    its own cursor expired), then its link fails."""
+    with Agent.open(rig.path, sync_config=SyncConfig(pull_limit=1), max_attempts=1) as other:
+        if begin:
+            other.replica.begin_resync()
+            other.state.set_cursor(None)
+
+        def cut(summary: Any) -> None:
+            if summary.pulled:
+                server.offline = True
+
+        other.sync(timeout=10, progress=cut)
+    server.offline = False
+
+
+def raced_before_first_pull(race: Callable[[], None]) -> type[HttpTransport]:
+    """A transport that runs `race` (another process's work) once, before its first pull."""
+
+    class RacedTransport(HttpTransport):
+        raced = False
+
+        def pull(self, after: Optional[str], limit: int) -> Any:
+            if not RacedTransport.raced:
+                RacedTransport.raced = True
+                race()
+            return super().pull(after, limit)
+
+    return RacedTransport
+
+
 def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
     rig: Rig, server: ProtocolServer
 ) -> None:
@@ -466,25 +497,7 @@ def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
     server.expire_cursors()
 
     # And another process that begins the resync while this one's pull is on its way
-    def other_process_resyncs_one_page() -> None:
-        with Agent.open(rig.path, sync_config=SyncConfig(pull_limit=1), max_attempts=1) as other:
-
-            def cut(summary: Any) -> None:
-                if summary.pulled:
-                    server.offline = True
-
-            other.sync(timeout=10, progress=cut)
-        server.offline = False
-
-    class RacedTransport(HttpTransport):
-        raced = False
-
-        def pull(self, after: Optional[str], limit: int) -> Any:
-            if not RacedTransport.raced:
-                RacedTransport.raced = True
-                other_process_resyncs_one_page()
-            return super().pull(after, limit)
-
+    RacedTransport = raced_before_first_pull(lambda: resync_one_page(rig, server))
     agent = Agent.open(
         rig.path,
         transport_factory=RacedTransport,
@@ -653,27 +666,7 @@ def test_a_pull_begun_before_another_process_began_a_resync_does_not_move_its_cu
 
     # And another process whose cursor expired, which resyncs one page while this one's pull
     # (from the old cursor) is on its way
-    def other_process_resyncs_one_page() -> None:
-        with Agent.open(rig.path, sync_config=SyncConfig(pull_limit=1), max_attempts=1) as other:
-            other.replica.begin_resync()
-            other.state.set_cursor(None)
-
-            def cut(summary: Any) -> None:
-                if summary.pulled:
-                    server.offline = True
-
-            other.sync(timeout=10, progress=cut)
-        server.offline = False
-
-    class RacedTransport(HttpTransport):
-        raced = False
-
-        def pull(self, after: Optional[str], limit: int) -> Any:
-            if not RacedTransport.raced:
-                RacedTransport.raced = True
-                other_process_resyncs_one_page()
-            return super().pull(after, limit)
-
+    RacedTransport = raced_before_first_pull(lambda: resync_one_page(rig, server, begin=True))
     agent = Agent.open(rig.path, transport_factory=RacedTransport, max_attempts=1)
     rig.opened.append(agent)
     # When this pull's page (of the old chain) comes back
