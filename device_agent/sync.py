@@ -380,12 +380,15 @@ class SyncEngine:
     # -- pull --------------------------------------------------------------------------
 
     def pull(self, summary: ProcessingSummary, *, deadline: Optional[float] = None) -> None:
-        """Page `/v1/changes` from the stored cursor until `has_more` is false. Only a chain
-        of pages that is a full resync's (begun here, or the stored one while a resync is
-        under way) ends it. A page is applied, and its cursor stored, only if the stored
-        cursor is still the one it was asked from: two processes pulling at once never move
-        each other's position (their pages overlap; changes apply idempotently by HLC)."""
-        cursor, in_resync = self.state.cursor(), self.replica.resyncing()
+        """Page `/v1/changes` from the stored cursor until `has_more` is false.
+
+        A page is applied, and its cursor stored, only if the stored cursor is still the one
+        it was asked from; otherwise another process has moved on, and the pull goes on from
+        there (its page dropped: that chain brings the same changes). So the stored cursors
+        form one chain whose pages were all applied, and while a full resync is under way
+        (begun with the cursor set back to the start, in one transaction) that chain is the
+        resync's: the page that ends it ends the resync, whichever process pulls it."""
+        cursor = self.state.cursor()
         resynced = False
         while True:
             self._check_time(deadline)
@@ -398,13 +401,10 @@ class SyncEngine:
                     if stored == cursor:
                         summary.pulled += self.replica.apply_many(page.changes)
                         self.state.set_cursor(page.cursor)
-                        if not page.has_more and in_resync:
-                            self.replica.finish_resync()
+                        if not page.has_more:
+                            self.replica.finish_resync()  # (nothing when none is under way)
                 if stored != cursor:
-                    # Another process stored a cursor since this page was asked for: its
-                    # chain (a resync, perhaps) owns the position; go on from there. The
-                    # page is dropped unapplied: that chain brings the same changes.
-                    cursor, in_resync = stored, self.replica.resyncing()
+                    cursor = stored
                     continue
                 if self.on_progress is not None:
                     self.on_progress(summary)
@@ -420,10 +420,10 @@ class SyncEngine:
                         self.state.set_cursor(None)
                 if stored != cursor:
                     # Another process moved on meanwhile (its own resync): go on from there.
-                    cursor, in_resync = stored, self.replica.resyncing()
+                    cursor = stored
                     continue
                 log.warning("pull cursor expired: full resync from the beginning")
-                cursor, resynced, in_resync = None, True, True
+                cursor, resynced = None, True
                 summary.resyncs += 1
             else:
                 raise Stop(outcome)

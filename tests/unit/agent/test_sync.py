@@ -20,7 +20,7 @@ from device_agent.backoff import ConstantBackoff, ExponentialBackoff, Jitter, Re
 from device_agent.sync import SyncConfig
 from device_agent.testing import FaultTransport
 from device_agent.transport import HttpTransport, Transport
-from shared.contracts import Op, OpKind, format_hlc, parse_hlc
+from shared.contracts import Op, OpKind, Record, RecordClock, format_hlc, parse_hlc
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent
@@ -512,27 +512,33 @@ def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
     assert [agent.get("prefs", f"r{n}") for n in range(1, 5)] == [{"n": 1}] * 4
 
 
-def test_a_pull_begun_before_another_process_began_a_resync_does_not_end_it(
+def test_a_pull_begun_before_another_process_began_a_resync_follows_it_to_its_sweep(
     rig: Rig, server: ProtocolServer
 ) -> None:
+    # Given a record pulled, one the cloud no longer has (its tombstone expired), and a
+    # record written since
     server.write_as_other_device(other_device_op(OpKind.PUT, "r1", {"n": 1}, ahead_ms=0))
     rig.agent().close()
     with Agent.open(rig.path) as first:
         assert first.sync(timeout=10).synced
+        stamp = format_hlc(time.time_ns() // 1_000_000 - 10**9, 0, "gone-dev")
+        first.replica.apply(Record("prefs", "ghost", {"n": 0}, RecordClock(stamp, {"n": stamp})))
     server.write_as_other_device(other_device_op(OpKind.PUT, "r2", {"n": 1}, ahead_ms=0))
 
-    class RacedTransport(HttpTransport):
-        def pull(self, after: Optional[str], limit: int) -> Any:
-            with Agent.open(rig.path) as other:  # another process's cursor expired just now
-                other.replica.begin_resync()
-            return super().pull(after, limit)
+    def another_process_begins_a_resync() -> None:  # its cursor expired just now
+        with Agent.open(rig.path) as other:
+            other.replica.begin_resync()
+            other.state.set_cursor(None)
 
+    RacedTransport = raced_before_first_pull(another_process_begins_a_resync)
     agent = Agent.open(rig.path, transport_factory=RacedTransport, max_attempts=1)
     rig.opened.append(agent)
-    # When this pull's own chain (begun before the resync) reaches its last page
+    # When this pull, begun from the old cursor, gets its page back
     assert agent.sync(timeout=10).synced
-    # Then the resync is still under way, and nothing it has not seen was dropped
-    assert agent.replica.resyncing()
+    # Then it went on along the resync's chain to its end: the resync swept what the cloud
+    # no longer has, and kept the rest
+    assert not agent.replica.resyncing()
+    assert agent.get("prefs", "ghost") is None
     assert agent.get("prefs", "r1") == {"n": 1} and agent.get("prefs", "r2") == {"n": 1}
 
 
