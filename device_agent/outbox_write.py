@@ -7,7 +7,9 @@ takes the place of the newest op on its key only while that op has never been ha
 sender (it has no `delivery` row): then no op of this device stamped between the two can
 exist anywhere, in the outbox or on the server, which is what makes the replacement safe.
 Older ops on the key that were never handed out and that the new op makes dead are dropped
-(unless more urgent): whatever lies between, their effect is erased by the new op's.
+(unless more urgent): whatever lies between, their effect is erased by the new op's. What a
+new op replaced or dropped is kept under its seq (outbox_replaced) until the cloud answers
+for it, and comes back if the cloud rejects it (Outbox.quarantine).
 """
 
 from __future__ import annotations
