@@ -85,6 +85,8 @@ from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority
 
 # DELETE ... RETURNING (SQLite 3.35) removes ops and reports their totals in one statement.
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+# Keys this Outbox wrote last, whose next write skips the one-statement attempt (_written).
+RECENT_KEYS_KEPT = 256
 # Stale outbox_keys rows are swept once there are more than this many (and more than live
 # ops): see Outbox._remove.
 SWEEP_STALE_KEYS_ABOVE = 1_000
@@ -130,6 +132,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self._now = now
         self._owner = f"pid:{os.getpid()}"
+        self._recent_keys: dict[tuple[str, str], None] = {}  # oldest first (_written)
         if recover:
             self.recover_leases()
 
@@ -155,19 +158,34 @@ class Outbox:
             collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
         )
         now = self._now()
-        lone = self._record_on_new_key(draft, now)
-        if lone is not None:
-            return lone
+        where = (draft.collection, draft.key)
+        recent = self._recent_keys
+        if where not in recent:
+            lone = self._record_on_new_key(draft, now)
+            if lone is not None:
+                self._written(where)
+                return lone
         conn = self._conn
         with transaction(conn):
             stamp = self._state.stamp_unsaved()
             on_key = rows_on_key(conn, draft.collection, draft.key)
             if on_key:  # the key has ops (or stale rows): the general path, which may replace
-                return self._store([draft], [stamp], now, on_key)[0]
-            # The common case, kept to the statements it needs: a key with no op pending.
-            op = draft.op(new_op_id(), stamp)
-            self._insert_new(op, draft.text, draft.size, now)
+                op = self._store([draft], [stamp], now, on_key)[0]
+            else:  # a key with no op pending, kept to the statements it needs
+                op = draft.op(new_op_id(), stamp)
+                self._insert_new(op, draft.text, draft.size, now)
+        self._written(where)
         return op
+
+    def _written(self, where: tuple[str, str]) -> None:
+        """Remember a key just written: another write on it soon (a document saved again and
+        again) likely finds its op pending, so it goes straight to the general path rather
+        than having its one-statement attempt refused first."""
+        recent = self._recent_keys
+        recent.pop(where, None)
+        recent[where] = None
+        if len(recent) > RECENT_KEYS_KEPT:
+            del recent[next(iter(recent))]
 
     def _record_on_new_key(self, draft: Draft, now: float) -> Optional[Op]:
         """The write as one autocommit statement, if the connection's copies of the totals

@@ -13,6 +13,7 @@ import pytest
 
 from device_agent.db import MIGRATIONS, _schema_trusted, transaction
 from device_agent.errors import OutboxFull
+from device_agent.outbox import RECENT_KEYS_KEPT, Outbox
 from shared.contracts import OpKind, parse_hlc
 from shared.contracts.hlc import format_hlc
 from tests.support.agent_store import Store, open_store
@@ -74,13 +75,27 @@ def test_a_write_on_a_key_with_a_pending_op_is_refused_by_the_check_and_coalesce
     tmp_path: Path,
 ) -> None:
     store = open_store(tmp_path / "agent.db", device_id="dev")
+    # (written through another Outbox on the connection: this one has no memory of the key)
+    Outbox(store.conn, store.state).record("items", "k", OpKind.PUT, {"k": 0})
+    put(store, "other")
+
+    with statements(store.conn) as seen:
+        newest = put(store, "k")
+
+    assert seen[0].startswith("INSERT INTO outbox_new_key") and not lone(seen)  # refused
+    assert [key for key, _ in stored(store.conn)] == ["k", "other"]
+    assert store.outbox.pending_for("items", "k")[0].op_id == newest
+
+
+def test_a_key_written_again_soon_goes_straight_to_the_general_path(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev")
     put(store, "k")
     put(store, "other")
 
     with statements(store.conn) as seen:
         newest = put(store, "k")
 
-    assert not lone(seen)
+    assert not any(sql.startswith("INSERT INTO outbox_new_key") for sql in seen)
     assert [key for key, _ in stored(store.conn)] == ["k", "other"]
     assert store.outbox.pending_for("items", "k")[0].op_id == newest
 
@@ -116,6 +131,22 @@ def test_a_stamp_after_another_connections_commit_is_above_theirs(tmp_path: Path
 
     assert first.hlc < ahead.hlc < after.hlc
     assert mine.state.last_hlc() == after.hlc
+
+
+def test_only_the_latest_keys_are_remembered(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "agent.db", device_id="dev", synchronous="OFF")
+    put(store, "first")
+    for index in range(RECENT_KEYS_KEPT):
+        put(store, f"k{index}")
+
+    with statements(store.conn) as seen:
+        put(store, "first")  # forgotten: tried as one statement, refused, then coalesced
+    with statements(store.conn) as again:
+        put(store, f"k{RECENT_KEYS_KEPT - 1}")  # remembered
+
+    assert seen[0].startswith("INSERT INTO outbox_new_key")
+    assert not any(sql.startswith("INSERT INTO outbox_new_key") for sql in again)
+    assert store.outbox.depth() == RECENT_KEYS_KEPT + 1
 
 
 def test_a_lone_write_after_relaxed_transactions_commits_with_an_fsync(tmp_path: Path) -> None:
