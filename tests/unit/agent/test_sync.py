@@ -453,6 +453,19 @@ def test_an_interrupted_resync_leaves_every_record_in_the_local_view(
     assert [agent.get("prefs", name) for name in ("r1", "r2", "r3")] == [{"n": 1}] * 3
 
 
+def pulled_then_one_more(
+    rig: Rig, server: ProtocolServer, names: tuple[str, ...], later: str
+) -> None:
+    """Another device's records `names` pulled into the rig's database, then `later`
+    written by it (not pulled yet)."""
+    for name in names:
+        server.write_as_other_device(other_device_op(OpKind.PUT, name, {"n": 1}, ahead_ms=0))
+    rig.agent().close()
+    with Agent.open(rig.path) as first:
+        assert first.sync(timeout=10).synced
+    server.write_as_other_device(other_device_op(OpKind.PUT, later, {"n": 1}, ahead_ms=0))
+
+
 def resync_one_page(rig: Rig, server: ProtocolServer, *, begin: bool = False) -> None:
     """Another process pulls one page of a full resync (`begin`: starts one itself, as when
     its own cursor expired), then its link fails."""
@@ -487,13 +500,8 @@ def raced_before_first_pull(race: Callable[[], None]) -> type[HttpTransport]:
 def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
     rig: Rig, server: ProtocolServer
 ) -> None:
-    # Given records pulled, then a cursor that expired
-    for name in ("r1", "r2", "r3"):
-        server.write_as_other_device(other_device_op(OpKind.PUT, name, {"n": 1}, ahead_ms=0))
-    rig.agent().close()
-    with Agent.open(rig.path) as first:
-        assert first.sync(timeout=10).synced
-    server.write_as_other_device(other_device_op(OpKind.PUT, "r4", {"n": 1}, ahead_ms=0))
+    # Given records pulled, one written since, then a cursor that expired
+    pulled_then_one_more(rig, server, ("r1", "r2", "r3"), "r4")
     server.expire_cursors()
 
     # And another process that begins the resync while this one's pull is on its way
@@ -515,15 +523,12 @@ def test_a_resync_another_process_began_meanwhile_is_joined_not_started_over(
 def test_a_pull_begun_before_another_process_began_a_resync_follows_it_to_its_sweep(
     rig: Rig, server: ProtocolServer
 ) -> None:
-    # Given a record pulled, one the cloud no longer has (its tombstone expired), and a
-    # record written since
-    server.write_as_other_device(other_device_op(OpKind.PUT, "r1", {"n": 1}, ahead_ms=0))
-    rig.agent().close()
+    # Given a record pulled, one written since, and one in the replica that the cloud no
+    # longer has (its tombstone expired)
+    pulled_then_one_more(rig, server, ("r1",), "r2")
     with Agent.open(rig.path) as first:
-        assert first.sync(timeout=10).synced
         stamp = format_hlc(time.time_ns() // 1_000_000 - 10**9, 0, "gone-dev")
         first.replica.apply(Record("prefs", "ghost", {"n": 0}, RecordClock(stamp, {"n": stamp})))
-    server.write_as_other_device(other_device_op(OpKind.PUT, "r2", {"n": 1}, ahead_ms=0))
 
     def another_process_begins_a_resync() -> None:  # its cursor expired just now
         with Agent.open(rig.path) as other:
@@ -663,12 +668,7 @@ def test_a_pull_begun_before_another_process_began_a_resync_does_not_move_its_cu
     rig: Rig, server: ProtocolServer
 ) -> None:
     # Given three records pulled, and a fourth written since
-    for name in ("r1", "r2", "r3"):
-        server.write_as_other_device(other_device_op(OpKind.PUT, name, {"n": 1}, ahead_ms=0))
-    rig.agent().close()
-    with Agent.open(rig.path) as first:
-        assert first.sync(timeout=10).synced
-    server.write_as_other_device(other_device_op(OpKind.PUT, "r4", {"n": 1}, ahead_ms=0))
+    pulled_then_one_more(rig, server, ("r1", "r2", "r3"), "r4")
 
     # And another process whose cursor expired, which resyncs one page while this one's pull
     # (from the old cursor) is on its way
