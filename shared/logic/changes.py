@@ -27,6 +27,8 @@ from shared.logic.clock import SERVER_NODE, now_ms
 
 CURSOR_VERSION = 1
 _STAMP_DIGITS = 13
+# Above every stamp (they start with digits): the feed read to its end.
+_END = "~"
 
 
 @dataclass(frozen=True)
@@ -121,19 +123,18 @@ def read_changes(
     changes: list[Record] = []
     last = position
     has_more = False
-    if position >= horizon_key:
-        # Nothing can have settled since (e.g. another Lambda's clock is a little ahead).
-        page = ChangesPage([], encode_cursor(position), False)
-        return ChangesResult(page, format_hlc(max(horizon_ms, 0), 0, SERVER_NODE))
-    entries = feed(principal.tenant_id, after=position, before=horizon_key, collection=collection)
-    for entry in entries:
+    for entry in feed(principal.tenant_id, after=position, before=_END, collection=collection):
         if len(changes) == limit:
-            has_more = True
+            has_more = entry.changed_at < horizon_key
             break
         changes.append(entry.record)
-        last = entry.changed_at
+        if entry.changed_at < horizon_key:
+            last = entry.changed_at
     if not has_more:
-        # Drained up to the horizon: later writes all stamp at or after it.
+        # Drained up to the horizon: later writes all stamp at or after it. The changes
+        # stamped since (the page's tail, when it has room) are delivered now AND again
+        # once settled, since the cursor does not pass them: a device that syncs right
+        # after another sees its writes at once, and nothing is skipped.
         last = max(last, horizon_key)
     # Mid-snapshot, the next cursor carries when the snapshot began (see _expired).
     page = ChangesPage(changes, encode_cursor(last, since if has_more else None), has_more)

@@ -159,3 +159,17 @@ def test_a_response_lost_after_the_server_applied_is_answered_duplicate_on_resen
     assert resent["exit"] == "0"
     assert resent.get("duplicate") == "1"
     assert device.status()["pending"] == 0
+
+
+def test_a_device_that_syncs_right_after_another_sees_its_write(
+    new_device: DeviceFactory,
+) -> None:
+    # Given device A recorded a write and synced it
+    a, b = new_device("at-once", "a"), new_device("at-once", "b")
+    a.write("put", "notes", "handover", {"shift": "night", "pump": "off"})
+    assert a.sync()["exit"] == "0"
+    # When device B syncs at once, inside the cloud's settle window
+    synced = b.sync()
+    # Then B's local view already has A's write
+    assert synced["exit"] == "0"
+    assert b.get("notes", "handover") == {"shift": "night", "pump": "off"}

@@ -60,20 +60,47 @@ def test_cursor_picks_up_only_later_changes(cloud: Cloud) -> None:
     assert sorted((c["key"], c["data"]["v"]) for c in later) == [("a", 3), ("b", 2)]
 
 
-def test_a_write_inside_the_settle_window_is_held_back_not_lost(
+def test_a_write_inside_the_settle_window_is_sent_at_once_and_again_once_settled(
     cloud: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a one-second settle window and a write that just committed
+    # Given a one-second settle window, a drained feed and a write that just committed
     monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
+    _, drained, _ = page_all(cloud)
     device = Device()
     cloud.post_batch([device.op("put", "fresh", {"v": 1})])
-    # When the feed is read at once, then again after the settle window
-    early = cloud.changes()
+    # When the feed is read at once, again at once, then after the settle window
+    early = cloud.changes(after=drained)
+    again = cloud.changes(after=early.body["cursor"])
     time.sleep(1.05)
-    late = cloud.changes(after=early.body["cursor"])
-    # Then it is not in the first page but is in the next one
-    assert early.body["changes"] == [] and early.body["has_more"] is False
+    late = cloud.changes(after=again.body["cursor"])
+    after_late = cloud.changes(after=late.body["cursor"])
+    # Then it is delivered at once, but the cursor does not pass it until it has settled
+    # (a write still in flight with an earlier stamp cannot be skipped): it comes again on
+    # every read until then, once more when settled, and never after
+    for page in (early, again):
+        assert [c["key"] for c in page.body["changes"]] == ["fresh"]
+        assert page.body["has_more"] is False
     assert [c["key"] for c in late.body["changes"]] == ["fresh"]
+    assert after_late.body["changes"] == []
+
+
+def test_a_full_page_of_settled_changes_leaves_the_fresh_ones_for_later(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two settled writes, then a fresh one inside a one-second settle window
+    monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
+    device = Device()
+    cloud.post_batch([device.op("put", "old-1", {"v": 1}), device.op("put", "old-2", {"v": 1})])
+    time.sleep(1.05)
+    cloud.post_batch([device.op("put", "fresh", {"v": 1})])
+    # When pages of two are read from the start
+    first = cloud.changes(limit=2)
+    second = cloud.changes(after=first.body["cursor"], limit=2)
+    # Then the settled ones fill the first page, which ends the settled feed (has_more is
+    # false: only a fresh change is left), and the fresh one comes on the next read
+    assert [c["key"] for c in first.body["changes"]] == ["old-1", "old-2"]
+    assert first.body["has_more"] is False
+    assert [c["key"] for c in second.body["changes"]] == ["fresh"]
 
 
 def test_other_tenants_changes_are_invisible(cloud: Cloud) -> None:
