@@ -47,6 +47,8 @@ log = logging.getLogger("device_agent.sync")
 
 _ACK = (OpStatus.APPLIED, OpStatus.DUPLICATE, OpStatus.QUEUED)
 _FOLD = (OpStatus.SUPERSEDED, OpStatus.MERGED)
+# A request cut short by the round's deadline ends within a timer's precision of it.
+_DEADLINE_SLACK_S = 0.1
 
 
 @dataclass
@@ -94,6 +96,8 @@ class SyncEngine:
         self._batch_ops = self.config.batch_ops
         self._batch_bytes = self.config.batch_bytes
         self._restamps: dict[str, int] = {}
+        # The round's own deadline (not a push slice's end): no request waits past it.
+        self._deadline: Optional[float] = None
         self.on_progress: Optional[Callable[[ProcessingSummary], None]] = None
 
     # -- a round: push, then pull ------------------------------------------------------
@@ -111,6 +115,7 @@ class SyncEngine:
         next round pushes on)."""
         summary = summary or ProcessingSummary()
         started = time.monotonic()
+        self._deadline = deadline
         requests_before = summary.requests
         slice_end = started + self.config.push_slice_s
         push_deadline = slice_end if deadline is None else min(deadline, slice_end)
@@ -182,6 +187,18 @@ class SyncEngine:
             summary.reached_cloud = True
         self.monitor.observe(outcome)
 
+    def _out_of_time(self, outcome: Outcome, summary: ProcessingSummary) -> bool:
+        """Whether a request gave up because the round's time ran out (then it is counted
+        but says nothing about the link: the monitor does not hear of it)."""
+        deadline = self._deadline
+        if not isinstance(outcome, Unreachable) or deadline is None:
+            return False
+        if time.monotonic() < deadline - _DEADLINE_SLACK_S:
+            return False
+        summary.requests += 1
+        summary.bytes_sent += outcome.traffic.sent
+        return True
+
     def _check_time(self, deadline: Optional[float]) -> None:
         if self.should_stop():
             raise Stop("stopped")
@@ -217,7 +234,14 @@ class SyncEngine:
                 # Until its answer comes, the cloud may have taken these stamps: no re-stamp
                 # may go below them (AgentState.restamp_clock).
                 self.state.note_sent(max(p.op.hlc for p in batch))
-                outcome = self.transport.push(new_batch_id(), [p.op for p in batch])
+                outcome = self.transport.push(
+                    new_batch_id(), [p.op for p in batch], deadline=self._deadline
+                )
+                if self._out_of_time(outcome, summary):
+                    # The answer may still come to the cloud's side: as for a lost answer,
+                    # a resend is recognised (`duplicate`).
+                    self._release(batch, "the sync's time ran out", attempted=True)
+                    raise Stop("timeout")
                 self._observe(outcome, summary)
                 if isinstance(outcome, (TooLarge, BadRequest)):
                     # Refused whole: the cloud took none of its stamps.
@@ -259,7 +283,8 @@ class SyncEngine:
                 self._release(leftover, "not sent", attempted=False)
 
     def _shrink(self, size: int, outcome: TooLarge) -> None:
-        self._batch_ops = max(1, min(self._batch_ops, size // 2, outcome.max_ops or size))
+        # The limit the cloud states, else half the refused batch.
+        self._batch_ops = max(1, min(self._batch_ops, outcome.max_ops or size // 2))
         if outcome.max_bytes:
             self._batch_bytes = max(1024, min(self._batch_bytes, outcome.max_bytes))
         log.info("batch shrunk max_ops=%d max_bytes=%d", self._batch_ops, self._batch_bytes)
@@ -392,7 +417,9 @@ class SyncEngine:
         resynced = False
         while True:
             self._check_time(deadline)
-            outcome = self.transport.pull(cursor, self.config.pull_limit)
+            outcome = self.transport.pull(cursor, self.config.pull_limit, deadline=deadline)
+            if self._out_of_time(outcome, summary):
+                raise Stop("timeout")
             self._observe(outcome, summary)
             if isinstance(outcome, Page):
                 page = outcome.page

@@ -163,12 +163,19 @@ class FaultTransport:
     def health(self) -> HealthOutcome:
         return cast("HealthOutcome", self._call("health", 0, self.inner.health))
 
-    def push(self, batch_id: str, ops: Sequence[Op]) -> PushOutcome:
-        outcome = self._call("push", len(ops), lambda: self.inner.push(batch_id, ops))
+    def push(
+        self, batch_id: str, ops: Sequence[Op], *, deadline: Optional[float] = None
+    ) -> PushOutcome:
+        outcome = self._call(
+            "push", len(ops), lambda: self.inner.push(batch_id, ops, deadline=deadline)
+        )
         return cast("PushOutcome", outcome)
 
-    def pull(self, after: Optional[str], limit: int) -> PullOutcome:
-        return cast("PullOutcome", self._call("pull", 0, lambda: self.inner.pull(after, limit)))
+    def pull(
+        self, after: Optional[str], limit: int, *, deadline: Optional[float] = None
+    ) -> PullOutcome:
+        outcome = self._call("pull", 0, lambda: self.inner.pull(after, limit, deadline=deadline))
+        return cast("PullOutcome", outcome)
 
     def close(self) -> None:
         self.inner.close()

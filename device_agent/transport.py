@@ -149,13 +149,19 @@ Outcome = Union[Accepted, Page, Healthy, Failure]
 
 class Transport(Protocol):
     """What the sync engine needs from the network. Implementations never raise for
-    network or HTTP failures: they return the matching outcome."""
+    network or HTTP failures: they return the matching outcome. A `deadline` (a
+    `time.monotonic()` reading) bounds how long a call may wait for its answer: past it, the
+    call gives up with `Unreachable`."""
 
     def health(self) -> HealthOutcome: ...
 
-    def push(self, batch_id: str, ops: Sequence[Op]) -> PushOutcome: ...
+    def push(
+        self, batch_id: str, ops: Sequence[Op], *, deadline: Optional[float] = None
+    ) -> PushOutcome: ...
 
-    def pull(self, after: Optional[str], limit: int) -> PullOutcome: ...
+    def pull(
+        self, after: Optional[str], limit: int, *, deadline: Optional[float] = None
+    ) -> PullOutcome: ...
 
     def close(self) -> None: ...
 
@@ -277,9 +283,13 @@ class HttpTransport:
             return ServerError(200, "health answer without server_time", traffic)
         return Healthy(server_time, traffic)
 
-    def push(self, batch_id: str, ops: Sequence[Op]) -> PushOutcome:
+    def push(
+        self, batch_id: str, ops: Sequence[Op], *, deadline: Optional[float] = None
+    ) -> PushOutcome:
         payload = json.dumps(batch_body(batch_id, ops), separators=(",", ":"), ensure_ascii=False)
-        result = self._request("POST", "/v1/batches", body=payload.encode("utf-8"))
+        result = self._request(
+            "POST", "/v1/batches", body=payload.encode("utf-8"), deadline=deadline
+        )
         if not isinstance(result, tuple):
             return result
         body, traffic = result
@@ -297,11 +307,13 @@ class HttpTransport:
             )
         return Accepted(response, traffic)
 
-    def pull(self, after: Optional[str], limit: int) -> PullOutcome:
+    def pull(
+        self, after: Optional[str], limit: int, *, deadline: Optional[float] = None
+    ) -> PullOutcome:
         params: dict[str, Any] = {"limit": limit}
         if after:
             params["after"] = after
-        result = self._request("GET", "/v1/changes", params=params)
+        result = self._request("GET", "/v1/changes", params=params, deadline=deadline)
         if not isinstance(result, tuple):
             return result
         body, traffic = result
@@ -321,7 +333,14 @@ class HttpTransport:
         params: Optional[dict[str, Any]] = None,
         auth: bool = True,
         timeout: Optional[tuple[float, float]] = None,
+        deadline: Optional[float] = None,
     ) -> Union[tuple[Any, Traffic], Failure]:
+        connect_s, read_s = timeout or self.timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Unreachable("no time left for the request")
+            connect_s, read_s = min(connect_s, left), min(read_s, left)
         headers: dict[str, str] = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -341,7 +360,7 @@ class HttpTransport:
                 data=body,
                 params=params,
                 headers=headers,
-                timeout=timeout or self.timeout,
+                timeout=(connect_s, read_s),
             )
             raw = response.content
         except requests.Timeout as exc:
@@ -380,10 +399,14 @@ class HttpTransport:
         if status == 410:
             return CursorExpired(message, traffic)
         if status == 413:
+            # PROTOCOL.md: "413 with the limits in the error body" (details.limits; older
+            # servers put them in details itself).
+            limits_ = details.get("limits")
+            bounds = limits_ if isinstance(limits_, dict) else details
             return TooLarge(
                 message,
-                _int_or_none(details.get("max_ops")),
-                _int_or_none(details.get("max_bytes")),
+                _int_or_none(bounds.get("max_ops")),
+                _int_or_none(bounds.get("max_bytes")),
                 traffic,
             )
         if status in (429, 503):

@@ -185,7 +185,7 @@ class ProtocolServer:
         except ContractError as exc:
             return 400, _error("bad_request", str(exc))
         except ValueError as exc:  # BatchTooLarge
-            return 413, _error("payload_too_large", str(exc), max_ops=self.max_ops)
+            return 413, _error("payload_too_large", str(exc), limits=self._limits())
         if any(isinstance(i, Op) and i.key in self._poison for i in parsed.items):
             return 400, _error("bad_request", "ops: a poisoned op (injected)")
         results = [
@@ -195,6 +195,10 @@ class ProtocolServer:
         results = [result for result in results if result.op_id not in self._omitted]
         response = BatchResponse(parsed.batch_id, self._clock.send(), results)
         return 200, response.to_wire()
+
+    def _limits(self) -> dict[str, int]:
+        """The limits as the cloud states them in a 413's details (shared/logic/body.py)."""
+        return {"max_ops": self.max_ops, "max_bytes": self.max_bytes}
 
     def handle_changes(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         epoch_text, _, after_text = (query.get("after") or ["0.0"])[0].rpartition(".")
@@ -286,7 +290,7 @@ def _handler_for(server: ProtocolServer) -> type[BaseHTTPRequestHandler]:
                 if len(raw) > server.max_bytes:
                     return (
                         413,
-                        _error("payload_too_large", "body too large", max_bytes=server.max_bytes),
+                        _error("payload_too_large", "body too large", limits=server._limits()),
                         False,
                         None,
                     )

@@ -301,6 +301,49 @@ def test_413_halves_the_batch_until_the_server_takes_it(rig: Rig, server: Protoc
     assert json.loads(raw)["unsettled"] == []
 
 
+def test_the_limits_a_413_states_size_the_next_batches(rig: Rig, server: ProtocolServer) -> None:
+    # Given a cloud that takes 3 ops per batch, and an agent that has been told so by a 413
+    server.max_ops = 3
+    agent = rig.agent(sync_config=SyncConfig(batch_ops=10))
+    for n in range(10):
+        agent.put("prefs", f"k{n}", {"n": n})
+    assert agent.sync(timeout=10).synced
+    sent_before = len(server.requests_to("/v1/batches"))
+    # When 9 more writes are synced
+    for n in range(9):
+        agent.put("prefs", f"later-{n}", {"n": n})
+    summary = agent.sync(timeout=10)
+    # Then they go in batches of exactly the stated limit, none refused (halving alone
+    # would have sent batches of 2)
+    later = server.requests_to("/v1/batches")[sent_before:]
+    assert summary.synced and summary.applied == 9
+    assert [(seen.status, seen.ops) for seen in later] == [(200, 3)] * 3
+
+
+def test_a_slow_answer_does_not_hold_a_sync_past_its_timeout(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given a cloud that takes 4 s to answer a batch (longer than the 3 s read timeout)
+    agent = rig.agent()
+    op_id = agent.put("prefs", "k", {"n": 1})
+    server.batch_delay_s = 4.0
+    # When the agent syncs with a 1 s timeout
+    started = time.monotonic()
+    summary = agent.sync(timeout=1)
+    elapsed = time.monotonic() - started
+    # Then it gives up when its time is up, says so, keeps the op and does not call the
+    # link down (the cloud was slow, not unreachable)
+    assert elapsed < 2.0, elapsed
+    assert not summary.synced and summary.stopped_by == "timeout"
+    assert agent.outbox.depth() == 1
+    assert agent.status()["connectivity"] != "offline"
+    # And once the cloud is quick again the op is applied exactly once
+    server.batch_delay_s = 0.0
+    time.sleep(3.5)  # the slow request lands meanwhile
+    assert agent.sync(timeout=10).synced and agent.outbox.depth() == 0
+    assert server.applied[op_id] == 1
+
+
 def test_400_bisects_the_batch_and_quarantines_only_the_bad_op(
     rig: Rig, server: ProtocolServer
 ) -> None:
@@ -488,11 +531,11 @@ def raced_before_first_pull(race: Callable[[], None]) -> type[HttpTransport]:
     class RacedTransport(HttpTransport):
         raced = False
 
-        def pull(self, after: Optional[str], limit: int) -> Any:
+        def pull(self, after: Optional[str], limit: int, *, deadline: Any = None) -> Any:
             if not RacedTransport.raced:
                 RacedTransport.raced = True
                 race()
-            return super().pull(after, limit)
+            return super().pull(after, limit, deadline=deadline)
 
     return RacedTransport
 
