@@ -263,6 +263,19 @@ class AgentState:
             self._save_clock(clock.last, correction)
             self._update_stats({"clock_offset_ms": offset})
 
+    def merge_seen(self, hlc: str) -> None:
+        """Fold the greatest HLC of records received from the cloud into the clock (the HLC
+        receive rule; part of the caller's transaction), so that a write made after seeing a
+        change is stamped after it, whatever this device's wall clock says. The offset
+        estimate is left alone: a record's stamp is another device's clock, not the server's."""
+        if not hlc:
+            return
+        clock, correction = self._load_clock()
+        if hlc <= clock.last:
+            return  # the usual case: nothing to write
+        clock.receive(hlc)
+        self._save_clock(clock.last, correction)
+
     def restamp_clock(self, server_time: str, skew_s: float = limits.MAX_CLOCK_SKEW_S) -> None:
         """Set the clock back to the server's time after a `clock_ahead` rejection.
 

@@ -309,6 +309,7 @@ class SyncEngine:
                     self.replica.apply_op(pending.op)
                     if result.status in _FOLD and result.record is not None:
                         self.replica.apply(result.record)
+                        self.state.merge_seen(result.record.hlc)
                     acks.append(pending.op.op_id)
                     accepted = max(accepted, pending.op.hlc)
                     summary.count(result.status)
@@ -427,6 +428,7 @@ class SyncEngine:
                     stored = self.state.cursor()
                     if stored == cursor:
                         summary.pulled += self.replica.apply_many(page.changes)
+                        self.state.merge_seen(max((r.hlc for r in page.changes), default=""))
                         self.state.set_cursor(page.cursor)
                         if not page.has_more:
                             self.replica.finish_resync()  # (nothing when none is under way)

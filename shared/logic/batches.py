@@ -42,7 +42,7 @@ from shared.errors import (
 )
 from shared.logic.apply import Outcome, RecordKey, apply_ops, load_current
 from shared.logic.body import decode_json_body, limits_details
-from shared.logic.clock import now_ms, observe, server_time
+from shared.logic.clock import now_ms, server_time
 from shared.observability import MetricUnit, logger, metrics
 
 RESERVED_PREFIX = "_"  # collections starting with "_" belong to the server
@@ -159,7 +159,6 @@ def apply_batch(raw: Any, principal: Principal, settings: Settings) -> BatchResp
         if isinstance(item, Op):
             rejection = _precheck(item, principal, settings, now)
             if rejection is None:
-                observe(item.hlc)
                 accepted.append((index, item))
             else:
                 results[index] = rejection

@@ -1,11 +1,13 @@
-"""The server's clocks.
+"""The server's clocks, both following the wall clock only.
 
-`server_clock` answers `server_time` and merges the HLCs of accepted ops (the HLC receive
-rule), so a device that merges `server_time` never issues a smaller timestamp than one the
-server has seen. `stamp_change()` is different on purpose: it orders the changes feed, so it
-must follow the wall clock only. A device clock that is ahead (within the allowed skew) must
-not drag feed stamps into the future, or the settle horizon would hide those writes and a
-slower Lambda could stamp below a cursor already handed out.
+`server_time` is the server's HLC. It does not merge the HLCs of the ops it accepts: a
+device merges it (the HLC receive rule) and also takes its offset from it, so a device whose
+clock runs minutes ahead (within the allowed skew) would otherwise pass its offset on to
+every device that syncs after it, in every tenant, for as long as any of them writes. A
+device stamps after the changes it has seen by merging the HLCs of the records it receives.
+`stamp_change()` orders the changes feed: a device clock that is ahead must not drag feed
+stamps into the future, or the settle horizon would hide those writes and a slower Lambda
+could stamp below a cursor already handed out.
 """
 
 from __future__ import annotations
@@ -24,11 +26,6 @@ _feed_clock = HybridLogicalClock(f"s-{secrets.token_hex(4)}")
 
 def server_time() -> str:
     return server_clock.send()
-
-
-def observe(hlc: str) -> None:
-    """Merge an accepted op's HLC into the server clock."""
-    server_clock.receive(hlc)
 
 
 def stamp_change() -> str:

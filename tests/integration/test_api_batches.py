@@ -94,6 +94,22 @@ def test_op_stamped_too_far_ahead_is_rejected_with_the_server_time(cloud: Cloud)
     assert error["details"]["server_time"] < ahead
 
 
+def test_a_fast_device_does_not_move_the_server_time_others_take_their_offset_from(
+    cloud: Cloud,
+) -> None:
+    # Given a device whose clock is four minutes ahead (within the allowed skew) wrote
+    ahead = f"{wall_clock_ms() + 240_000:013d}-00000-fast-1"
+    fast = Device("fast-1").op("put", "user-5", {"a": 1}, hlc=ahead)
+    assert statuses(cloud.post_batch([fast], device="fast-1").body) == ["applied"]
+    # When another device, in another tenant, sends a batch and the health probe answers
+    other = cloud.post_batch([Device("slow-1").op("put", "k", {"a": 1})], tenant="globex",
+                             device="slow-1")  # fmt: skip
+    health = cloud.http("HealthFunction", load_event("health.json"))
+    # Then both server_times follow the server's wall clock, not the fast device's
+    for server_time in (other.body["server_time"], health.body["server_time"]):
+        assert abs(int(server_time[:13]) - wall_clock_ms()) < 5_000, server_time
+
+
 def test_write_to_a_reserved_collection_is_forbidden(cloud: Cloud) -> None:
     device = Device()
     response = cloud.post_batch([device.op("put", "k", {"a": 1}, collection="_system")])

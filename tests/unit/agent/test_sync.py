@@ -132,6 +132,25 @@ def test_superseded_write_is_acked_and_the_replica_takes_the_servers_record(
     assert agent.status()["pending"] == 0
 
 
+def test_a_write_made_after_pulling_a_change_is_stamped_after_it(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given another device, its clock a minute ahead, wrote a document this one pulled
+    agent = rig.agent()
+    theirs = other_device_op(OpKind.PUT, "u1", {"theme": "dark"}, ahead_ms=60_000)
+    server.write_as_other_device(theirs)
+    assert agent.sync(timeout=10).pulled == 1
+    # When the user, having seen it, writes the document here
+    agent.put("prefs", "u1", {"theme": "light"})
+    [mine] = [row[0] for row in agent.conn.execute("SELECT hlc FROM outbox")]
+    summary = agent.sync(timeout=10)
+    # Then the write is stamped after what it was based on and wins everywhere, and the
+    # pulled stamp (another device's clock) did not change the clock-offset estimate
+    assert mine > theirs.hlc
+    assert summary.applied == 1 and server.document("prefs", "u1") == {"theme": "light"}
+    assert abs(agent.status()["clock_offset_ms"]) < 5_000
+
+
 def test_merged_write_is_acked_and_the_replica_takes_the_merged_record(
     rig: Rig, server: ProtocolServer
 ) -> None:
