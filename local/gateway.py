@@ -172,6 +172,10 @@ def limits_details(max_ops: int, max_bytes: int) -> dict[str, Any]:
     return {"limits": {"max_ops": max_ops, "max_bytes": max_bytes}}
 
 
+# A chunk-size line (hex size, extensions) or a trailer field is never longer than this.
+_CHUNK_LINE_MAX = 1024
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: GatewayServer
     protocol_version = "HTTP/1.1"
@@ -182,29 +186,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         started = time.monotonic()
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        try:
+            body = self._body()
+        except Refusal as refusal:
             self._send(
-                render_refusal(Refusal("UNSUPPORTED_MEDIA_TYPE", "send a Content-Length"), {}, "")
+                render_refusal(refusal, self.server.gateway.config.api.gateway_responses, "")
             )
             self.close_connection = True
             return
-        size = int(length) if length and length.isdigit() else 0
-        if size > MAX_RAW_BODY_BYTES:
-            self._send(
-                render_refusal(
-                    Refusal(
-                        "REQUEST_TOO_LARGE",
-                        f"the request body exceeds {MAX_RAW_BODY_BYTES} bytes",
-                        limits_details(*self.server.gateway.limits()),
-                    ),
-                    self.server.gateway.config.api.gateway_responses,
-                    "",
-                )
-            )
-            self.close_connection = True
-            return
-        body = self.rfile.read(size) if size else b""
         url = urlsplit(self.path)
         request = HttpRequest(
             method=self.command,
@@ -224,6 +213,47 @@ class _Handler(BaseHTTPRequestHandler):
                 response.status,
                 (time.monotonic() - started) * 1000,
             )
+
+    def _body(self) -> bytes:
+        """The request body, by Content-Length or chunked, never more than the gateway takes
+        (raises Refusal)."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._chunked_body()
+        length = self.headers.get("Content-Length")
+        size = int(length) if length and length.isascii() and length.isdigit() else 0
+        if size > MAX_RAW_BODY_BYTES:
+            raise self._too_large()
+        return self.rfile.read(size) if size else b""
+
+    def _chunked_body(self) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(_CHUNK_LINE_MAX)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError as exc:
+                raise Refusal(
+                    "BAD_REQUEST_BODY", f"malformed chunked body: chunk size line {line[:40]!r}"
+                ) from exc
+            if size < 0:
+                raise Refusal("BAD_REQUEST_BODY", "malformed chunked body: a negative chunk size")
+            if size == 0:
+                while self.rfile.readline(_CHUNK_LINE_MAX).strip():
+                    pass  # trailer fields, ignored
+                return b"".join(parts)
+            total += size
+            if total > MAX_RAW_BODY_BYTES:
+                raise self._too_large()
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(_CHUNK_LINE_MAX)  # the CRLF after the chunk
+
+    def _too_large(self) -> Refusal:
+        return Refusal(
+            "REQUEST_TOO_LARGE",
+            f"the request body exceeds {MAX_RAW_BODY_BYTES} bytes",
+            limits_details(*self.server.gateway.limits()),
+        )
 
     def _send(self, response: Response) -> None:
         try:

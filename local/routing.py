@@ -26,6 +26,7 @@ _DEFAULT_STATUS = {
     "ACCESS_DENIED": 403,
     "MISSING_AUTHENTICATION_TOKEN": 403,
     "RESOURCE_NOT_FOUND": 404,
+    "BAD_REQUEST_BODY": 400,
     "REQUEST_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "AUTHORIZER_FAILURE": 500,
@@ -38,6 +39,7 @@ _PROTOCOL_CODE = {
     "ACCESS_DENIED": "forbidden",
     "MISSING_AUTHENTICATION_TOKEN": "not_found",
     "RESOURCE_NOT_FOUND": "not_found",
+    "BAD_REQUEST_BODY": "bad_request",
     "REQUEST_TOO_LARGE": "payload_too_large",
     "UNSUPPORTED_MEDIA_TYPE": "unsupported_media_type",
 }

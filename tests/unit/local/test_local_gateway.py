@@ -152,3 +152,59 @@ def test_a_large_answer_is_gzipped_for_a_client_that_accepts_gzip() -> None:
     assert plain.body.decode() == answer and ("Content-Encoding", "gzip") not in plain.headers
     assert small.body == b"{}" and ("Content-Encoding", "gzip") not in small.headers
     assert refused.body.decode() == answer  # gzip;q=0 means "not gzip"
+
+
+def _raw_exchange(gateway: Gateway, request: bytes) -> tuple[int, Any]:
+    """Send raw bytes to a real gateway server on 127.0.0.1; the status and JSON body."""
+    import socket
+    import threading
+
+    from local.gateway import GatewayServer
+
+    server = GatewayServer(("127.0.0.1", 0), gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as client:
+            client.sendall(request)
+            client.shutdown(socket.SHUT_WR)
+            raw = b""
+            while chunk := client.recv(65536):
+                raw += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body) if body else None
+
+
+def test_a_chunked_body_reaches_the_handler_whole() -> None:
+    seen: list[dict[str, Any]] = []
+    request = (
+        b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n"
+        b'5\r\n{"a":\r\n3;ext=1\r\n 1}\r\n0\r\nX-Trailer: y\r\n\r\n'
+    )
+    status, _ = _raw_exchange(_gateway(seen), request)
+    assert status == 200
+    assert json.loads(seen[0]["body"]) == {"a": 1}
+
+
+def test_a_malformed_chunked_body_is_a_400_with_a_json_error() -> None:
+    seen: list[dict[str, Any]] = []
+    request = (
+        b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n"
+    )
+    status, body = _raw_exchange(_gateway(seen), request)
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    assert "chunk" in body["error"]["message"] and seen == []
+
+
+def test_a_chunked_body_past_the_limit_is_a_413_before_it_is_read() -> None:
+    seen: list[dict[str, Any]] = []
+    request = (
+        b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFF\r\n{}"
+    )
+    status, body = _raw_exchange(_gateway(seen), request)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    assert body["error"]["details"]["limits"]["max_ops"] > 0 and seen == []
