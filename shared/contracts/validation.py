@@ -88,6 +88,12 @@ def _describe(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _shown(name: str) -> str:
+    """A field name as a message quotes it: as it is when printable, else escaped (a control
+    character or a lone surrogate, which cannot even be encoded as UTF-8)."""
+    return name if name.isprintable() else ascii(name)
+
+
 def check_collection(value: Any, path: str) -> list[Problem]:
     if not isinstance(value, str):
         return [Problem(path, f"must be a string, got {_describe(value)}")]
@@ -121,12 +127,14 @@ def check_data(value: Any, path: str, *, allow_null_fields: bool) -> list[Proble
             )
         elif field_value is None and not allow_null_fields:
             problems.append(
-                Problem(f"{path}.{name}", "null is only allowed in a patch (to remove a field)")
+                Problem(
+                    f"{path}.{_shown(name)}", "null is only allowed in a patch (to remove a field)"
+                )
             )
         elif isinstance(field_value, (dict, list)) and _too_deep(field_value):
             problems.append(
                 Problem(
-                    f"{path}.{name}",
+                    f"{path}.{_shown(name)}",
                     f"nested more than {limits.MAX_NESTING_DEPTH} levels deep: flatten it",
                 )
             )
@@ -167,12 +175,14 @@ def _op_problems(raw: JsonObject, path: str) -> list[Problem]:
     problems += check_collection(raw.get("collection"), f"{path}.collection")
     problems += check_key(raw.get("key"), f"{path}.key")
     kind = raw.get("kind")
-    if kind not in _KINDS:
+    # Type first: an array or object is unhashable, so a set look-up alone would raise.
+    if not isinstance(kind, str) or kind not in _KINDS:
         problems.append(Problem(f"{path}.kind", "must be one of put, patch, delete"))
     if not is_hlc(raw.get("hlc")):
         problems.append(Problem(f"{path}.hlc", _HLC_HINT))
     priority = raw.get("priority", int(Priority.NORMAL))
-    if isinstance(priority, bool) or priority not in _PRIORITIES:
+    # An integer, not 2.0 or true (both equal a member of the set) nor an unhashable value.
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority not in _PRIORITIES:
         problems.append(Problem(f"{path}.priority", "must be an integer from 0 to 4"))
     data = raw.get("data")
     if kind == OpKind.DELETE.value:
@@ -189,7 +199,7 @@ def _op_problems(raw: JsonObject, path: str) -> list[Problem]:
                 problems.append(Problem(f"{path}.data", "a patch must set at least one field"))
     if not _OP_FIELDS.issuperset(raw):
         unknown = sorted(set(raw) - _OP_FIELDS)
-        problems.append(Problem(path, f"unknown fields: {', '.join(unknown)}"))
+        problems.append(Problem(path, f"unknown fields: {', '.join(map(_shown, unknown))}"))
     return problems
 
 
@@ -339,7 +349,7 @@ def parse_batch(raw: Any, *, max_ops: int = limits.MAX_OPS_PER_BATCH) -> ParsedB
         problems.append(Problem("ops", "must contain at least one op"))
     unknown = sorted(set(raw) - {"batch_id", "ops"})
     if unknown:
-        problems.append(Problem("body", f"unknown fields: {', '.join(unknown)}"))
+        problems.append(Problem("body", f"unknown fields: {', '.join(map(_shown, unknown))}"))
     if problems:
         raise ContractError(problems)
     assert isinstance(ops, list) and isinstance(batch_id, str)

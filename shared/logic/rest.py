@@ -40,11 +40,19 @@ def error_response(status: int, code: ErrorCode, message: str, **extra: Any) -> 
 def json_response(body: dict[str, Any], status: int = 200) -> Response[str]:
     from aws_lambda_powertools.event_handler import Response
 
-    return Response(
-        status_code=status,
-        content_type=APPLICATION_JSON,
-        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-    )
+    return Response(status_code=status, content_type=APPLICATION_JSON, body=encode_json(body))
+
+
+def encode_json(body: dict[str, Any]) -> str:
+    """Compact JSON that is always valid UTF-8: non-ASCII text as it is, unless the body holds
+    a lone surrogate (echoed from a request), which only an ASCII escape can carry."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(body, separators=(",", ":"))
+    return text
 
 
 class RestApp:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
+
+from local.routing import lambda_response
 from shared.contracts import is_hlc
 from shared.contracts.hlc import wall_clock_ms
 from tests.integration.conftest import Cloud, Device, batch_event, settle
@@ -76,6 +80,57 @@ def test_one_invalid_op_is_rejected_alone(cloud: Cloud) -> None:
     error = response.body["results"][1]["error"]
     assert error["code"] == "invalid_op"
     assert "ops[1].collection" in error["message"] and "ops[1].hlc" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kind": ["put"]},
+        {"kind": {}},
+        {"priority": {}},
+        {"priority": [0]},
+        {"priority": 2.0},
+        {"priority": True},
+    ],
+    ids=repr,
+)
+def test_an_op_whose_kind_or_priority_has_the_wrong_type_is_rejected_alone(
+    cloud: Cloud, bad: dict[str, Any]
+) -> None:
+    # Given a batch whose middle op has a kind or priority that is not a name or an integer
+    device = Device()
+    ops = [device.op("put", f"user-{n}", {"n": n}) for n in range(3)]
+    ops[1].update(bad)
+    # When it is posted
+    response = cloud.post_batch(ops)
+    # Then that op alone is rejected invalid_op, naming the field, and the others applied
+    assert response.status == 200
+    assert statuses(response.body) == ["applied", "rejected", "applied"]
+    error = response.body["results"][1]["error"]
+    assert error["code"] == "invalid_op"
+    assert f"ops[1].{next(iter(bad))}: must be" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"\ud800": 1}, {"data": {"\udfff": None}}, {"op_id": "\ud800"}],
+    ids=["unknown-field", "data-field", "op-id"],
+)
+def test_an_op_echoing_a_lone_surrogate_is_rejected_in_a_utf8_answer(
+    cloud: Cloud, bad: dict[str, Any]
+) -> None:
+    # Given a batch whose first op holds a lone surrogate that a rejection repeats
+    device = Device()
+    ops = [device.op("put", "user-1", {"a": 1}), device.op("put", "user-2", {"b": 2})]
+    ops[0].update(bad)
+    event = batch_event(json.dumps({"batch_id": "b-1", "ops": ops}), "acme", "pi-7")
+    # When the answer goes through the gateway, which sends the body as UTF-8
+    http = lambda_response(cloud.invoke("BatchesFunction", event))
+    # Then it is a 200 in valid UTF-8: that op rejected invalid_op, the other applied
+    assert http.status == 200
+    body = json.loads(http.body.decode("utf-8"))
+    assert statuses(body) == ["rejected", "applied"]
+    assert body["results"][0]["error"]["code"] == "invalid_op"
 
 
 def test_op_stamped_too_far_ahead_is_rejected_with_the_server_time(cloud: Cloud) -> None:

@@ -88,9 +88,14 @@ INVALID_OPS = [
     ("key", valid_op(key="k" * 257), "ops[0].key: longer than 256 characters"),
     ("key", valid_op(key="a\nb"), "ops[0].key: must not contain control characters"),
     ("kind", valid_op(kind="upsert"), "ops[0].kind: must be one of put, patch, delete"),
+    ("kind", valid_op(kind=["put"]), "ops[0].kind: must be one of put, patch, delete"),
+    ("kind", valid_op(kind={}), "ops[0].kind: must be one of put, patch, delete"),
     ("hlc", valid_op(hlc="yesterday"), "ops[0].hlc: expected an HLC"),
     ("priority", valid_op(priority=5), "ops[0].priority: must be an integer from 0 to 4"),
     ("priority", valid_op(priority=True), "ops[0].priority: must be an integer from 0 to 4"),
+    ("priority", valid_op(priority=2.0), "ops[0].priority: must be an integer from 0 to 4"),
+    ("priority", valid_op(priority={}), "ops[0].priority: must be an integer from 0 to 4"),
+    ("priority", valid_op(priority=[2]), "ops[0].priority: must be an integer from 0 to 4"),
     ("data", valid_op(data=DROP), "ops[0].data: required for a put"),
     ("data", valid_op(data=[1, 2]), "ops[0].data: must be a JSON object, got an array"),
     ("data", valid_op(data={"": 1}), "field names must be 1-128 characters"),
@@ -99,6 +104,8 @@ INVALID_OPS = [
     ("data", valid_op(kind="patch", data={}), "a patch must set at least one field"),
     ("data", valid_op(kind="delete", data={"a": 1}), "a delete carries no data"),
     ("unknown", valid_op(extra=1), "ops[0]: unknown fields: extra"),
+    ("unknown", valid_op(**{"\ud800": 1}), "ops[0]: unknown fields: '\\ud800'"),
+    ("data", valid_op(data={"\ud800": None}), "ops[0].data.'\\ud800': null is only allowed"),
     ("nan", valid_op(data={"a": float("nan")}), "NaN and Infinity are not valid JSON"),
     ("infinity", valid_op(data={"a": [float("inf")]}), "NaN and Infinity are not valid JSON"),
     ("not-json", valid_op(data={"a": object()}), "ops[0].data: is not JSON"),
@@ -119,6 +126,15 @@ def test_each_invalid_field_is_rejected_alone_with_its_path(
     assert message in rejected.message
     assert isinstance(good, Op) and good.op_id == "good"
     assert rejected.to_result().status is OpStatus.REJECTED
+
+
+def test_a_rejection_message_is_always_encodable_as_utf8() -> None:
+    # Given ops whose field names hold a lone surrogate (valid in JSON text, not in UTF-8)
+    ops = [valid_op(**{"\ud800": 1}), valid_op(data={"\udfff": None}, op_id="second")]
+    # When the batch is parsed, each is rejected with a message a response can carry
+    for item in parse_batch({"batch_id": "b", "ops": ops}).items:
+        assert isinstance(item, RejectedOp)
+        assert item.message.encode("utf-8")
 
 
 def test_every_problem_of_an_op_is_reported_not_just_the_first() -> None:
