@@ -29,6 +29,7 @@ CURSOR_VERSION = 1
 _STAMP_DIGITS = 13
 # Above every stamp (they start with digits): the feed read to its end.
 _END = "~"
+_MAX_LIMIT_CHARS = 16  # room for leading zeros; a longer `limit` is refused unread
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def decode_cursor(cursor: str) -> tuple[str, Optional[int]]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError
         raise InvalidCursor(
             "the cursor is not one this server issued: pass the cursor of the last page "
             "unchanged, or omit `after` to start over"
@@ -64,8 +65,11 @@ def decode_cursor(cursor: str) -> tuple[str, Optional[int]]:
     if value.get("v") != CURSOR_VERSION or not isinstance(position, str):
         raise InvalidCursor("the cursor is from another version: omit `after` to start over")
     since = value.get("since")
-    if (position and not position[:_STAMP_DIGITS].isdigit()) or not (
-        since is None or (type(since) is int and since >= 0)
+    # Every position this server issues is ASCII and starts with the digits of a time.
+    if (
+        not position.isascii()
+        or (position and not position[:_STAMP_DIGITS].isdigit())
+        or not (since is None or (type(since) is int and since >= 0))
     ):
         raise InvalidCursor("the cursor is damaged: omit `after` to start over")
     return position, since
@@ -88,9 +92,16 @@ def _expired(position: str, snapshot_since: Optional[int], oldest_ms: int) -> bo
 def parse_limit(text: Optional[str]) -> int:
     if text is None or text == "":
         return limits.DEFAULT_CHANGES_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= limits.MAX_CHANGES_LIMIT:
+    # ASCII: str.isdigit() also accepts "²", which int() refuses. The length bound comes
+    # before int(), which refuses more than 4300 digits.
+    if (
+        len(text) > _MAX_LIMIT_CHARS
+        or not (text.isascii() and text.isdigit())
+        or not 1 <= int(text) <= limits.MAX_CHANGES_LIMIT
+    ):
         raise BadRequest(
-            f"limit={text!r} is invalid: use an integer from 1 to {limits.MAX_CHANGES_LIMIT}"
+            f"limit={text[:_MAX_LIMIT_CHARS]!r} is invalid: use an integer from 1 to "
+            f"{limits.MAX_CHANGES_LIMIT}"
         )
     return int(text)
 

@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import boto3
 import pytest
@@ -130,7 +130,7 @@ class Cloud:
         tenant: str = "acme",
         device: str = "pi-7",
         after: Optional[str] = None,
-        limit: Optional[int] = None,
+        limit: Union[int, str, None] = None,
         collection: Optional[str] = None,
     ) -> Response:
         event = load_event("changes_page.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 
@@ -189,6 +191,39 @@ def test_bad_cursor_or_limit_is_400(cloud: Cloud, query: dict[str, str]) -> None
     response = cloud.changes(**{k: v for k, v in query.items()})  # type: ignore[arg-type]
     assert response.status == 400
     assert response.body["error"]["code"] in ("invalid_cursor", "bad_request")
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["\u00b2", "9" * 5000, "\u0661\u0660", "-1", "1.5"],
+    ids=["superscript", "5000-nines", "arabic", "negative", "float"],
+)
+def test_a_limit_that_is_not_plain_digits_in_range_is_400(cloud: Cloud, limit: str) -> None:
+    response = cloud.changes(limit=limit)
+    assert response.status == 400
+    assert response.body["error"]["code"] == "bad_request"
+    assert "use an integer from 1 to" in response.body["error"]["message"]
+
+
+def raw_cursor(text: str) -> str:
+    """A cursor encoded as the server encodes its own (base64url JSON, unpadded)."""
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"v": 1, "after": "\u00b2\u00b2\u00b2"}),
+        json.dumps({"v": 1, "after": "\u0661" * 13}),
+        json.dumps({"v": 1, "after": f"{int(time.time() * 1000)}\ud800"}),
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=["superscript", "arabic", "lone-surrogate", "nested"],
+)
+def test_a_forged_cursor_is_400_invalid_cursor(cloud: Cloud, text: str) -> None:
+    response = cloud.changes(after=raw_cursor(text))
+    assert response.status == 400
+    assert response.body["error"]["code"] == "invalid_cursor"
 
 
 def test_changes_without_authorizer_context_is_401(cloud: Cloud) -> None:
