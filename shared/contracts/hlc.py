@@ -19,8 +19,11 @@ MAX_PHYSICAL_MS = 10**PHYSICAL_DIGITS - 1
 MAX_LOGICAL = 10**LOGICAL_DIGITS - 1
 NODE_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
 
-# \Z, not $: "$" also matches before a trailing newline.
-_HLC_RE = re.compile(rf"^(\d{{{PHYSICAL_DIGITS}}})-(\d{{{LOGICAL_DIGITS}}})-({NODE_PATTERN})\Z")
+# \Z, not $: "$" also matches before a trailing newline. [0-9], not \d: \d also matches
+# other scripts' digits, which int() reads but which sort after every ASCII HLC.
+_HLC_RE = re.compile(
+    rf"^([0-9]{{{PHYSICAL_DIGITS}}})-([0-9]{{{LOGICAL_DIGITS}}})-({NODE_PATTERN})\Z"
+)
 _NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")
 
 

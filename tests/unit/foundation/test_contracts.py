@@ -91,6 +91,7 @@ INVALID_OPS = [
     ("kind", valid_op(kind=["put"]), "ops[0].kind: must be one of put, patch, delete"),
     ("kind", valid_op(kind={}), "ops[0].kind: must be one of put, patch, delete"),
     ("hlc", valid_op(hlc="yesterday"), "ops[0].hlc: expected an HLC"),
+    ("hlc", valid_op(hlc="\u0662" + HLC[1:]), "ops[0].hlc: expected an HLC"),
     ("priority", valid_op(priority=5), "ops[0].priority: must be an integer from 0 to 4"),
     ("priority", valid_op(priority=True), "ops[0].priority: must be an integer from 0 to 4"),
     ("priority", valid_op(priority=2.0), "ops[0].priority: must be an integer from 0 to 4"),

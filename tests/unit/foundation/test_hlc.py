@@ -38,7 +38,16 @@ def test_format_matches_the_protocol_example() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "1764000000000-3-dev", "176400000000-00003-dev", "1764000000000-00003-", "x-00003-dev"],
+    [
+        "",
+        "1764000000000-3-dev",
+        "176400000000-00003-dev",
+        "1764000000000-00003-",
+        "x-00003-dev",
+        # Digits of other scripts: int() reads them, but they sort after every ASCII HLC.
+        "\u0661\u0667\u0666\u0664" + "\u0660" * 9 + "-00003-dev",
+        "1764000000000-\uff10\uff10\uff10\uff10\uff13-dev",
+    ],
 )
 def test_malformed_timestamps_are_refused_with_the_expected_format(bad: str) -> None:
     with pytest.raises(InvalidTimestamp, match="expected <13-digit ms>"):
