@@ -26,10 +26,15 @@ CHANGES_INDEX = "changes-by-tenant"
 DEVICES_BY_TENANT_INDEX = "devices-by-tenant"
 
 # Short timeouts and few SDK retries: a slow or throttled write should fall through to the
-# retry queue quickly instead of holding up the batch (and the changes feed's settle window).
-CONNECT_TIMEOUT_S = 2
-READ_TIMEOUT_S = 3
+# retry queue quickly instead of holding up the batch. A record write carries the feed stamp
+# taken just before it, and the SDK resends it with that stamp: the changes feed's settle
+# window (CHANGES_SETTLE_MS) must exceed the longest a write can take, WRITE_MAX_S (the
+# attempts' timeouts and the standard retry mode's backoff, at most 1 s then 2 s), plus GSI
+# lag; test_changes_feed.py holds the default to it.
+CONNECT_TIMEOUT_S = 1
+READ_TIMEOUT_S = 2
 MAX_SDK_RETRIES = 2
+WRITE_MAX_S = (MAX_SDK_RETRIES + 1) * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) + 1 + 2
 
 _SCHEMA_NAMES = ("ChangesIndex", "DeviceItem", "DevicesByTenantIndex", "RecordItem")
 

@@ -13,7 +13,9 @@ from local.demo import Device
 from shared.conflict import apply_lww, replay
 from shared.contracts import Op
 
-SETTLE_S = 1.6  # the template's CHANGES_SETTLE_MS (1500) and a margin
+# A pause before the last sync; the feed's fresh tail delivers writes at once, so this is
+# a margin only (the template's CHANGES_SETTLE_MS is 20 s).
+SETTLE_S = 1.6
 
 
 def server_records(endpoint: str, token: str) -> dict[tuple[str, str], dict[str, Any]]:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from shared.config import DEFAULT_SETTLE_MS
 from shared.contracts import is_hlc
 from shared.dal import records_model
+from shared.dal.models import WRITE_MAX_S
 from shared.logic import changes as changes_module
 from tests.integration.conftest import Cloud, Device, settle
-from tests.support.aws import dynamo_fault, load_event
+from tests.support.aws import dynamo_fault, dynamodb_client_of, load_event, slow_requests
 
 
 def page_all(cloud: Cloud, **kwargs: object) -> tuple[list[dict], str, int]:
@@ -103,6 +107,38 @@ def test_a_full_page_of_settled_changes_leaves_the_fresh_ones_for_later(
     assert [c["key"] for c in first.body["changes"]] == ["old-1", "old-2"]
     assert first.body["has_more"] is False
     assert [c["key"] for c in second.body["changes"]] == ["fresh"]
+
+
+def test_a_write_committed_seconds_after_its_stamp_is_not_skipped(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the default settle window, and a write whose PutItem reaches the table 4 s after
+    # its stamp (as when the SDK resends it after a timeout)
+    monkeypatch.delenv("CHANGES_SETTLE_MS", raising=False)
+    device = Device()
+    cloud.post_batch([device.op("put", "early", {"v": 1})])
+    slow = slow_requests(
+        dynamodb_client_of(records_model()), "PutItem", lambda: 4.0, when=lambda b: b"late" in b
+    )
+    with slow:
+        writer = threading.Thread(target=cloud.post_batch, args=([device.op("put", "late", {})],))
+        writer.start()
+        # When a device pages the feed while the write is under way, then after it landed
+        time.sleep(2.0)
+        during = cloud.changes()
+        writer.join()
+    after = cloud.changes(after=during.body["cursor"])
+    # Then the late write is delivered from the cursor handed out meanwhile (with "early"
+    # again: it is still inside the settle window)
+    assert [c["key"] for c in during.body["changes"]] == ["early"]
+    assert "late" in [c["key"] for c in after.body["changes"]]
+
+
+def test_the_settle_window_outlasts_the_slowest_record_write() -> None:
+    # The SDK resends a write with its stamp: its attempts and backoff, plus GSI lag
+    assert DEFAULT_SETTLE_MS >= WRITE_MAX_S * 1000 + 5_000
+    template = (Path(__file__).parents[2] / "template.yaml").read_text(encoding="utf-8")
+    assert re.search(rf"ChangesSettleMs:\n(?:\s+.*\n)*?\s+Default: {DEFAULT_SETTLE_MS}\n", template)
 
 
 def test_other_tenants_changes_are_invisible(cloud: Cloud) -> None:
