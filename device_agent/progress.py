@@ -20,6 +20,7 @@ class Progress:
         self.interval_s = 0.05 if self.tty else interval_s
         self._last = 0.0
         self._drawn = False
+        self._shown = ""  # the last state written: a plain line is never written twice
 
     def __call__(self, summary: ProcessingSummary) -> None:
         now = time.monotonic()
@@ -32,6 +33,9 @@ class Progress:
         done = summary.acked + summary.quarantined
         total = max(self.total, done)
         text = f"{done}/{total} ops sent, {summary.pulled} records pulled"
+        if text == self._shown and not self.tty:
+            return  # a log or a pipe gets each state once
+        self._shown = text
         if self.tty:
             filled = int(_WIDTH * done / total) if total else _WIDTH
             bar = "#" * filled + "-" * (_WIDTH - filled)
@@ -42,7 +46,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self, summary: ProcessingSummary) -> None:
-        """Draw the final state and end the bar's line."""
+        """Draw the final state (unless it is the line just written) and end the bar's line."""
         self._draw(summary)
         if self._drawn:
             self.stream.write("\n")

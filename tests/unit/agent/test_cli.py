@@ -258,3 +258,15 @@ def test_the_console_script_is_installed(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("init", "put", "patch", "delete", "get", "sync", "run", "status", "quarantine"):
         assert command in result.stdout
+
+
+def test_sync_in_a_pipe_prints_each_progress_state_once(cli: Cli, server: ProtocolServer) -> None:
+    # Given a device with nothing to send, its output going to a pipe
+    assert cli("init", "--endpoint", server.url, "--token", TOKEN).code == 0
+    # When it syncs (one page pulled, drawn as it comes, then the final state)
+    result = cli("sync", "--timeout", "10")
+    # Then the state is written once, as a plain line
+    assert result.code == 0, result.err
+    lines = [line for line in result.out.splitlines() if line.startswith("progress ")]
+    assert lines == ["progress 0/0 ops sent, 0 records pulled"], result.out
+    assert "\r" not in result.out
