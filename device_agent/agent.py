@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union, cast
+from urllib.parse import urlsplit
 
 from device_agent.backoff import ExponentialBackoff, RetryPolicy
 from device_agent.db import database_error, is_unusable, open_database
@@ -81,6 +83,52 @@ def token_device_id(token: str) -> Optional[str]:
     except (binascii.Error, UnicodeError, ValueError):
         return None
     return device_id if _NODE_RE.match(device_id) else None
+
+
+_ENDPOINT_EXAMPLE = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod"
+
+
+def check_endpoint(endpoint: str) -> str:
+    """`endpoint` if the transport can send requests to it, else ValueError saying why.
+
+    The base URL of the API: http or https, a host, an optional port and path; no spaces or
+    control characters, no query or fragment (the transport appends `/v1/...` to it). Checked
+    by `init`, so a typo is refused there instead of showing up later as "unreachable".
+    """
+    if not isinstance(endpoint, str):
+        raise ValueError(f"endpoint must be a URL string, not {type(endpoint).__name__}")
+    problem = _endpoint_problem(endpoint)
+    if problem:
+        raise ValueError(f"endpoint {endpoint!r} {problem}; e.g. {_ENDPOINT_EXAMPLE}")
+    return endpoint
+
+
+def _endpoint_problem(endpoint: str) -> str:
+    """What makes `endpoint` unusable, or "" if nothing does."""
+    if any(ch.isspace() or not ch.isprintable() for ch in endpoint):
+        return "contains a space or a control character: remove it"
+    if not endpoint.lower().startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port  # a port that is not a number from 0 to 65535 is a ValueError
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    host = parts.hostname or ""
+    if not host:
+        return "has no host name: give one after the //"
+    if parts.query or parts.fragment or endpoint.endswith(("?", "#")):
+        return "must not have a query (?...) or fragment (#...): give the API's base URL"
+    if port == 0:
+        return "has port 0: give the port the API listens on, or none"
+    if ":" in host:  # an IPv6 address, written in brackets
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return f"has an invalid IPv6 address {host!r}"
+    elif host.startswith((".", "-")) or not all(ch.isalnum() or ch in "-._" for ch in host):
+        return f"has an invalid host name {host!r}"
+    return ""
 
 
 def default_sync_policy() -> RetryPolicy:
@@ -146,10 +194,10 @@ class Agent:
         `max_ops` and `max_bytes` bound the outbox for every process opening the database
         (a write past either is refused with OutboxFull); None keeps the stored bound, or the
         default (100,000 ops, 256 MiB). Another application's SQLite database is refused
-        (ForeignDatabase).
+        (ForeignDatabase). An endpoint that is not a usable http(s) URL, or an empty token, is
+        a ValueError, raised before the file is touched.
         """
-        if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint {endpoint!r} must start with http:// or https://")
+        check_endpoint(endpoint)
         if not token:
             raise ValueError("token must not be empty: get one with `sync-admin device register`")
         if device_id is None:

@@ -124,6 +124,41 @@ def test_a_failed_init_leaves_no_database_behind(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+UNUSABLE_ENDPOINTS = [
+    ("http://", "no host"),
+    ("http://exa mple.com", "space"),
+    ("http://example.com/\tprod", "control character"),
+    ("ftp://example.com", "http:// or https://"),
+    ("http://example.com:99999", "not a valid URL"),
+    ("http://example.com:port", "not a valid URL"),
+    ("http://[::1", "not a valid URL"),
+    ("http://exa<mple>.com", "invalid host name"),
+    ("https://example.com/prod?stage=1", "query"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "problem"), UNUSABLE_ENDPOINTS)
+def test_init_refuses_an_endpoint_requests_could_not_be_sent_to(
+    tmp_path: Path, endpoint: str, problem: str
+) -> None:
+    # Given an endpoint that is not a usable http(s) base URL
+    path = tmp_path / "device.db"
+    # When a device is initialised with it, Then a ValueError names the endpoint and the problem
+    with pytest.raises(ValueError, match="endpoint") as raised:
+        Agent.init(path, endpoint=endpoint, token=TOKEN)
+    assert problem in str(raised.value) and repr(endpoint) in str(raised.value)
+    # And no database was created
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["https://abc.execute-api.eu-west-1.amazonaws.com/prod", "http://[::1]:8787"]
+)
+def test_init_takes_a_usable_endpoint_as_given(tmp_path: Path, endpoint: str) -> None:
+    with Agent.init(tmp_path / "device.db", endpoint=endpoint, token=TOKEN) as agent:
+        assert agent.status()["endpoint"] == endpoint
+
+
 def test_the_worker_refuses_a_database_without_settings(tmp_path: Path) -> None:
     from device_agent.db import open_database
 

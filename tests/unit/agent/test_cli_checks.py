@@ -200,6 +200,21 @@ def test_sync_timeout_must_be_a_finite_number_above_zero(cli: Cli, value: str) -
     one_line_error(done, "--timeout", value)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [("http://", "no host"), ("http://exa mple.com", "space"), ("http://h:99999", "valid URL")],
+)
+def test_init_refuses_an_unusable_endpoint_as_a_usage_error(
+    cli: Cli, endpoint: str, problem: str
+) -> None:
+    # When init is given an endpoint no request could be sent to
+    done = cli("init", "--endpoint", endpoint, "--token", TOKEN)
+    # Then it exits 2 (like a bad scheme) with one line naming it, and creates nothing
+    assert done.returncode == 2 and done.stdout == ""
+    one_line_error(done, "endpoint", repr(endpoint), problem)
+    assert not cli.db.exists()
+
+
 # --- 5. the device id a cloud token names -------------------------------------------------
 
 
