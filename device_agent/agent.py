@@ -16,6 +16,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import json
 import math
 import os
 import re
@@ -29,11 +30,11 @@ from urllib.parse import urlsplit
 
 from device_agent.backoff import ExponentialBackoff, RetryPolicy
 from device_agent.db import database_error, is_unusable, open_database
-from device_agent.errors import DatabaseError, NotConfigured
+from device_agent.errors import DamagedDatabase, DatabaseError, NotConfigured
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
 from device_agent.replica import Replica
-from device_agent.state import AgentState, Settings
+from device_agent.state import DAMAGED_ADVICE, AgentState, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
 from device_agent.transport import HttpTransport, Transport
@@ -51,7 +52,8 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 def _naming_the_file(method: _Method) -> _Method:
     """A database found unusable after opening (corrupt pages, locked, disk full) raises
-    DatabaseError naming the file and what to do, as opening it would."""
+    DatabaseError naming the file and what to do, as opening it would; so does a stored value
+    that is not JSON (only values read from the file are decoded under these methods)."""
 
     @functools.wraps(method)
     def checked(self: Agent, *args: Any, **kwargs: Any) -> Any:
@@ -61,6 +63,8 @@ def _naming_the_file(method: _Method) -> _Method:
             if not is_unusable(exc):
                 raise
             raise database_error(exc, self.path) from exc
+        except json.JSONDecodeError as exc:
+            raise self._damaged("a stored value is not valid JSON", exc) from exc
 
     return cast(_Method, checked)
 
@@ -204,19 +208,20 @@ class Agent:
             device_id = token_device_id(token)  # None: keep the stored (or a random) id
         else:
             validate_node_id(device_id)  # before the file is touched
-        agent = cls(path, open_database(path), **options)
+        conn = open_database(path)
         try:
-            agent.state.update_settings(
+            # Before the Agent reads them: this is also how damaged settings are repaired.
+            AgentState(conn).update_settings(
                 endpoint=endpoint,
                 token=token,
                 device_id=device_id,
                 max_ops=max_ops,
                 max_bytes=max_bytes,
             )
+            agent = cls(path, conn, **options)
         except BaseException:
-            agent.close()
+            conn.close()
             raise
-        agent._apply_bounds()
         agent.monitor.clear_auth()
         return agent
 
@@ -311,7 +316,25 @@ class Agent:
         problems = check_collection(collection, "collection") + check_key(key, "key")
         if problems:
             raise ContractError(problems)
-        return self.replica.view(collection, key, self.outbox.pending_for(collection, key))
+        try:
+            pending = self.outbox.pending_for(collection, key)
+            if any(op.data is not None and not isinstance(op.data, dict) for op in pending):
+                raise ValueError("its data is not a JSON object")
+        except (ValueError, KeyError) as exc:  # undecodable data, an unknown kind or priority
+            raise self._damaged(f"a pending op on {collection}/{key} is damaged", exc) from exc
+        try:
+            return self.replica.view(collection, key, pending)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # The stored record and clock are only read and merged here: a value of the wrong
+            # shape (a clock that is a JSON array) fails as one of these.
+            raise self._damaged(f"the synced copy of {collection}/{key} is damaged", exc) from exc
+
+    def _damaged(self, what: str, exc: Exception) -> DamagedDatabase:
+        """DamagedDatabase naming the file, what is damaged (`what`, `exc`) and what to do."""
+        return DamagedDatabase(
+            f"agent database {self.path}: {what} ({type(exc).__name__}: {exc}); {DAMAGED_ADVICE}",
+            path=self.path,
+        )
 
     # -- sync ----------------------------------------------------------------------------
 

@@ -36,6 +36,12 @@ class ForeignDatabase(DatabaseError):
     """The file is another application's SQLite database: the agent never adopts it."""
 
 
+class DamagedDatabase(DatabaseError):
+    """The file opens, but a value in it is not one the agent wrote (settings that are not a
+    JSON object, a device id that is not a string, an op whose data is not JSON): changed by
+    hand or by a tool, or a failing disk. The message names the value and what to do."""
+
+
 class OutboxFull(AgentError):
     """A write was refused because the outbox reached its bound; nothing was stored.
 

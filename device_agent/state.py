@@ -9,6 +9,9 @@ write lock (`transaction()`), so concurrent processes never interleave one.
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import sqlite3
 import uuid
 from dataclasses import asdict, dataclass, fields, replace
@@ -16,8 +19,17 @@ from enum import Enum
 from typing import Any, Callable, Optional
 
 from device_agent.db import DeviceConnection, caches_usable, data_version, transaction
+from device_agent.errors import DamagedDatabase
 from shared.contracts import HybridLogicalClock, limits, parse_hlc
-from shared.contracts.hlc import MAX_LOGICAL, format_hlc, validate_node_id, wall_clock_ms
+from shared.contracts.hlc import (
+    MAX_LOGICAL,
+    NODE_PATTERN,
+    format_hlc,
+    validate_node_id,
+    wall_clock_ms,
+)
+
+log = logging.getLogger("device_agent.state")
 
 # Below this a measured offset is network delay, not a wrong clock: do not correct for it.
 CLOCK_CORRECTION_THRESHOLD_MS = 2_000
@@ -25,6 +37,24 @@ CLOCK_CORRECTION_THRESHOLD_MS = 2_000
 # stamp of each batch sent whose answer has not come} (AgentState.note_sent / note_settled).
 STAMPS_OUT = "stamps_out"
 _UNSETTLED_KEPT = 64
+_NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")
+
+# What to do about a damaged value, by kv row (DamagedDatabase messages).
+_REINIT = "run `sync-agent init --endpoint URL --token TOKEN` to store them again"
+_REIDENTIFY = (
+    "run `sync-agent init --endpoint URL --token TOKEN --device-id ID` with this device's id "
+    "(a new id would make the device another one to the cloud)"
+)
+DAMAGED_ADVICE = (
+    "the file was changed outside the agent or the disk is failing: restore it from a backup, "
+    "or move it aside and run `sync-agent init` again (ops not yet synced stay in the moved file)"
+)
+_ROWS = {
+    "settings": ("settings", _REINIT),
+    "device_id": ("device id", _REIDENTIFY),
+    "clock": ("clock", DAMAGED_ADVICE),
+    STAMPS_OUT: ("record of stamps sent", DAMAGED_ADVICE),
+}
 
 
 class Connectivity(str, Enum):
@@ -85,6 +115,7 @@ class AgentState:
         self._conn = conn
         self._now_ms = now_ms
         self._node_hint: Optional[str] = None
+        self._warned = False  # about damaged statistics, once
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -93,8 +124,15 @@ class AgentState:
     # --- settings ----------------------------------------------------------------------
 
     def settings(self) -> Settings:
-        """The stored settings; `device_id` is created (and stored) on first use."""
+        """The stored settings; `device_id` is created (and stored) on first use.
+
+        Settings that are not what the agent wrote (not a JSON object, an endpoint that is not
+        a string, ...) raise DamagedDatabase saying to run `sync-agent init` again.
+        """
         raw = self._get("settings") or {}
+        problem = _settings_problem(raw)
+        if problem:
+            raise self._damaged(f"its settings are damaged: {problem}", _REINIT)
         return Settings(
             raw.get("endpoint"),
             raw.get("token"),
@@ -120,14 +158,17 @@ class AgentState:
                 raise ValueError(f"{name} must be a whole number above 0, got {bound!r}")
         changes = {"endpoint": endpoint, "token": token, "max_ops": max_ops, "max_bytes": max_bytes}
         with transaction(self._conn):
-            raw = self._get("settings") or {}
+            # A damaged row is replaced (this is how `init` repairs it), keeping what is sound.
+            raw = _sound_settings(self._get_or_none("settings"))
+            if device_id is None:
+                self._ensure_device_id()  # before the settings row: it is proof of an id
             for name, value in changes.items():
                 if value is not None:
                     raw[name] = value
             self._put("settings", raw)
             if device_id is not None:
                 self._put("device_id", device_id)
-                clock = self._get("clock") or {}
+                clock = self._object("clock")
                 latest = self.last_hlc()
                 if latest:
                     # The clock's state carries the node id that stamps use: keep it in step.
@@ -147,16 +188,36 @@ class AgentState:
 
     @property
     def device_id(self) -> str:
-        """This device's id; a random `dev-<hex>` is chosen and stored the first time."""
+        """This device's id; a random `dev-<hex>` is chosen and stored the first time.
+
+        The id is in every stamp the device issued, so it is never replaced behind the
+        caller's back: a stored id that is not a valid id, or one missing from a database
+        that has been used, raises DamagedDatabase (`init --device-id` sets it again).
+        """
         stored = self._get("device_id")
-        if isinstance(stored, str):
+        if isinstance(stored, str) and _NODE_RE.match(stored):
             return stored
         with transaction(self._conn):
-            stored = self._get("device_id")
-            if not isinstance(stored, str):
-                stored = f"dev-{uuid.uuid4().hex[:12]}"
-                self._put("device_id", stored)
-        return stored
+            return self._ensure_device_id()
+
+    def _ensure_device_id(self) -> str:
+        """The stored device id, or a new one for a database that never had one; inside the
+        caller's transaction."""
+        stored = self._get("device_id")
+        if isinstance(stored, str) and _NODE_RE.match(stored):
+            return stored
+        if stored is not None:
+            problem = f"its device id is {_shown(stored)}, not a valid device id"
+        elif self._text("settings") is not None or self.last_hlc():
+            problem = "its device id is missing, although the database has been set up"
+        else:
+            stored = f"dev-{uuid.uuid4().hex[:12]}"
+            self._put("device_id", stored)
+            return stored
+        last = self.last_hlc()
+        if last:
+            problem += f" (the last stamp it issued names device {last.split('-', 2)[2]!r})"
+        raise self._damaged(problem, _REIDENTIFY)
 
     # --- clock ---------------------------------------------------------------------------
 
@@ -234,7 +295,7 @@ class AgentState:
 
     def last_hlc(self) -> str:
         """The greatest HLC issued or merged so far ("" on a fresh database)."""
-        raw = self._get("clock") or {}
+        raw = self._object("clock")
         last = raw.get("last", "")
         return max(last if isinstance(last, str) else "", self._last_recorded())
 
@@ -291,7 +352,7 @@ class AgentState:
         with transaction(self._conn):
             offset = server.physical_ms - self._now_ms()
             restart = format_hlc(server.physical_ms, server.logical, self.device_id)
-            out = self._get(STAMPS_OUT) or {}
+            out = self._object(STAMPS_OUT)
             floors = []
             if out.get("taken"):
                 taken = parse_hlc(out["taken"])
@@ -310,7 +371,7 @@ class AgentState:
         """Before sending a batch whose greatest stamp is `hlc`: until its answer comes, the
         cloud may have taken it (a floor of `restamp_clock`)."""
         with transaction(self._conn, durable=False):
-            out = self._get(STAMPS_OUT) or {}
+            out = self._object(STAMPS_OUT)
             # Answers lost for good (a crash, a re-stamp) leave entries: keep the greatest.
             unsettled = sorted([*out.get("unsettled", []), hlc])[-_UNSETTLED_KEPT:]
             self._put(STAMPS_OUT, {**out, "unsettled": unsettled})
@@ -319,7 +380,7 @@ class AgentState:
         """The answer to a batch whose greatest stamp was `sent` came ("": it left some ops
         unanswered, so it stays unsettled); `taken` is the greatest stamp it took ("" for
         none). Part of the caller's transaction."""
-        out = self._get(STAMPS_OUT) or {}
+        out = self._object(STAMPS_OUT)
         taken = max(out.get("taken") or "", taken)
         unsettled = list(out.get("unsettled", []))
         if sent in unsettled:
@@ -329,7 +390,7 @@ class AgentState:
         self._put(STAMPS_OUT, {"taken": taken, "unsettled": unsettled})
 
     def _load_clock(self, correction: Optional[int] = None) -> tuple[HybridLogicalClock, int]:
-        raw = self._get("clock") or {}
+        raw = self._object("clock")
         if correction is None:
             correction = int(raw.get("correction_ms", 0))
         shift = correction
@@ -347,8 +408,9 @@ class AgentState:
     # --- pull cursor ---------------------------------------------------------------------
 
     def cursor(self) -> Optional[str]:
-        """Where the last pull stopped (None: pull from the beginning)."""
-        value = self._get("cursor")
+        """Where the last pull stopped (None: pull from the beginning, also for a damaged
+        value: pulling everything again is always safe)."""
+        value = self._get_or_none("cursor")
         return value if isinstance(value, str) else None
 
     def set_cursor(self, cursor: Optional[str]) -> None:
@@ -359,10 +421,29 @@ class AgentState:
     # --- statistics ----------------------------------------------------------------------
 
     def stats(self) -> SyncStats:
-        raw = self._get("stats") or {}
-        known = {name: value for name, value in raw.items() if name in _STATS_FIELDS}
-        if "connectivity" in known:
-            known["connectivity"] = Connectivity(known["connectivity"])
+        """The stored statistics. They only inform, so a damaged value (edited by hand, a
+        failing disk) reads as its default instead of failing `status` or a sync, with a
+        warning; the next update writes them whole again."""
+        raw = self._get_or_none("stats")
+        if raw is None:
+            return SyncStats()
+        known: dict[str, Any] = {}
+        damaged = [] if isinstance(raw, dict) else ["the whole row"]
+        for name, value in raw.items() if isinstance(raw, dict) else ():
+            if name not in _STATS_FIELDS:
+                continue  # (a newer agent's statistic)
+            sound = _sound_stat(name, value)
+            if sound is _DAMAGED:
+                damaged.append(name)
+            else:
+                known[name] = sound
+        if damaged and not self._warned:
+            self._warned = True
+            log.warning(
+                "damaged sync statistics read as defaults database=%s fields=%s",
+                self._location(),
+                ",".join(damaged),
+            )
         return SyncStats(**known)
 
     def update_stats(self, **changes: Any) -> SyncStats:
@@ -383,11 +464,57 @@ class AgentState:
 
     # --- storage -------------------------------------------------------------------------
 
-    def _get(self, name: str) -> Any:
+    def _text(self, name: str) -> Optional[str]:
         row = self._conn.execute(
             "SELECT value FROM kv WHERE name = :name", {"name": name}
         ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else str(row[0])
+
+    def _get(self, name: str) -> Any:
+        """The stored value (None if there is none); DamagedDatabase if it is not JSON."""
+        text = self._text(name)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            what, advice = _ROWS.get(name, (name, DAMAGED_ADVICE))
+            raise self._damaged(
+                f"the kv row {name!r} ({what}) is not valid JSON ({exc})", advice
+            ) from exc
+
+    def _get_or_none(self, name: str) -> Any:
+        """The stored value, None if there is none or it is not JSON (a value the caller can
+        do without: the statistics, the pull cursor)."""
+        try:
+            return self._get(name)
+        except DamagedDatabase:
+            log.warning("damaged value ignored database=%s name=%s", self._location(), name)
+            return None
+
+    def _object(self, name: str) -> dict[str, Any]:
+        """The stored JSON object ({} if there is none); DamagedDatabase if it is not one."""
+        value = self._get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            what, advice = _ROWS.get(name, (name, DAMAGED_ADVICE))
+            kind = _json_type(value)
+            raise self._damaged(
+                f"the kv row {name!r} ({what}) is a JSON {kind}, not an object", advice
+            )
+        return value
+
+    def _location(self) -> str:
+        """The database file's path, for messages."""
+        for _, schema, path in self._conn.execute("PRAGMA database_list"):
+            if schema == "main":
+                return str(path) or ":memory:"
+        return "?"
+
+    def _damaged(self, problem: str, advice: str) -> DamagedDatabase:
+        location = self._location()
+        return DamagedDatabase(f"agent database {location}: {problem}; {advice}", path=location)
 
     def _put(self, name: str, value: Any) -> None:
         self._conn.execute(
@@ -395,3 +522,72 @@ class AgentState:
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             {"name": name, "value": json.dumps(value)},
         )
+
+
+# --- checking stored values --------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    """A stored value for a message: short, and as JSON would write it."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"a JSON {_json_type(value)}"
+
+
+def _whole(value: Any) -> bool:
+    return type(value) is int
+
+
+def _setting_problem(name: str, value: Any) -> str:
+    """What is wrong with one stored setting, or ""."""
+    if value is None:
+        return ""
+    if name == "endpoint" and not isinstance(value, str):
+        return f"the endpoint is {_shown(value)}, not a URL"
+    if name == "token" and not isinstance(value, str):
+        return f"the token is a JSON {_json_type(value)}, not a string"  # never shown
+    if name in ("max_ops", "max_bytes") and not (_whole(value) and value >= 1):
+        return f"{name} is {_shown(value)}, not a whole number above 0"
+    return ""
+
+
+def _settings_problem(raw: Any) -> str:
+    if not isinstance(raw, dict):
+        return f"a JSON {_json_type(raw)} instead of an object"
+    for name, value in raw.items():
+        problem = _setting_problem(name, value)
+        if problem:
+            return problem
+    return ""
+
+
+def _sound_settings(raw: Any) -> dict[str, Any]:
+    """The stored settings without their damaged parts (all of them if it is no object)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {name: value for name, value in raw.items() if not _setting_problem(name, value)}
+
+
+_DAMAGED = object()
+
+
+def _sound_stat(name: str, value: Any) -> Any:
+    """`value` as the statistic `name` holds it, or _DAMAGED."""
+    if name == "connectivity":
+        known = {state.value: state for state in Connectivity}
+        return known.get(value, _DAMAGED) if isinstance(value, str) else _DAMAGED
+    if name == "last_error":
+        return value if value is None or isinstance(value, str) else _DAMAGED
+    if value is None and name not in ("consecutive_failures", "current_backoff_s"):
+        return None
+    if name in ("consecutive_failures", "clock_offset_ms"):
+        ok = _whole(value) and (name == "clock_offset_ms" or value >= 0)
+        return value if ok else _DAMAGED
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) and value >= 0 else _DAMAGED
