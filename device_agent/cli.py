@@ -1,7 +1,11 @@
 """`sync-agent`: the device's command line (CLI.md).
 
 Exit codes: 0 success, 2 usage error, 1 any other error, and `sync` exits 75 (EX_TEMPFAIL)
-when it could not reach the cloud - nothing is lost, run it again later. Errors are one line
+when it could not finish for a reason that passes - the cloud unreachable or timing out,
+throttling (429/503) or another 5xx, its own --timeout running out, ops the cloud left
+unsettled - so running it again later is the advice. An answer that retrying will not change
+(a refused token, a 400, a 404 or other 4xx, a response that breaks the protocol) exits 1 and
+names the problem. Either way the ops not sent stay in the outbox. Errors are one line
 on stderr saying what was wrong and what to do; never a traceback. A reader that closes
 stdout early (`status --json | head -c 200`) ends the command quietly with 141 (128 +
 SIGPIPE, what a shell reports for a program killed by a closed pipe).
@@ -19,10 +23,12 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn, Optional
 
-from device_agent.agent import Agent, token_device_id
+from device_agent.agent import Agent, retry_may_help, token_device_id
 from device_agent.errors import AgentError, InvalidInput, NotConfigured, NotFound
 from device_agent.progress import Progress
 from device_agent.summary import ProcessingSummary
+from device_agent.sync_failures import describe
+from device_agent.transport import BadRequest, Failure, ServerError
 from device_agent.worker import Worker
 from shared.contracts import ContractError, Priority
 
@@ -290,34 +296,91 @@ def _sync(agent: Agent, timeout: float) -> int:
     summary = agent.sync(timeout=timeout, progress=progress)
     progress.finish(summary)
     print(summary.line())
+    if not summary.synced:
+        return _sync_failed(agent, summary, timeout)
     quarantined = agent.outbox.stats().quarantined
     if quarantined:
         sys.stderr.write(
             f"{PROG}: warning: {quarantined} op(s) quarantined: see `{PROG} quarantine list`\n"
         )
-    return _sync_exit(summary)
+    return EXIT_OK
 
 
-def _sync_exit(summary: ProcessingSummary) -> int:
-    if summary.synced:
-        return EXIT_OK
-    reason = summary.errors[-1] if summary.errors else summary.stopped_by or "unknown"
+def _sync_failed(agent: Agent, summary: ProcessingSummary, timeout: float) -> int:
+    """The one-line error and exit code of a sync that did not finish: 75 when running it
+    again later is the advice, 1 when the cloud's answer will not change by itself."""
+    failure = agent.last_failure
+    if failure is not None:
+        reason = describe(failure)
+    elif summary.stopped_by == "timeout":
+        reason = f"no answer within --timeout {timeout:g}s"
+    elif summary.deferred:
+        reason = f"it did not settle {summary.deferred} op(s) yet"
+    else:
+        reason = summary.stopped_by or "incomplete"
     if summary.stopped_by == "auth":
         return _fail(
             f"the cloud refused this device's token ({reason}): get a new one and run "
-            f"`{PROG} init --endpoint URL --token TOKEN`",
+            f"`{PROG} init --endpoint URL --token TOKEN`; {_kept(summary)}",
             EXIT_ERROR,
         )
+    if failure is not None and not retry_may_help(failure):
+        endpoint = agent.state.settings().endpoint
+        return _fail(f"{_lasting(failure, endpoint)}; {_kept(summary)}", EXIT_ERROR)
     if not summary.reached_cloud:
-        return _fail(
-            f"could not reach the cloud ({reason}); nothing is lost: {summary.remaining} op(s) "
-            f"wait in the outbox, run `{PROG} sync` again when online",
-            EXIT_TEMPFAIL,
+        problem = f"could not reach the cloud ({reason})"
+        advice = "run `sync-agent sync` again when online"
+    elif summary.stopped_by == "timeout":
+        problem = f"the sync did not finish within --timeout {timeout:g}s"
+        problem += f" (before that: {reason})" if failure is not None else " (the cloud is slow)"
+        advice = "run `sync-agent sync` again, with a longer --timeout for a large backlog"
+    else:
+        problem = f"the cloud could not take everything now ({reason})"
+        advice = "run `sync-agent sync` again later"
+    return _fail(f"{problem}; {_kept(summary)}; {advice}", EXIT_TEMPFAIL)
+
+
+def _lasting(failure: Failure, endpoint: Optional[str]) -> str:
+    """What is wrong when the cloud answers in a way retrying will not change."""
+    where = f"the cloud at {endpoint}"
+    versions = "and that this agent's version speaks the cloud's protocol"
+    fix = f"fix it with `{PROG} init --endpoint URL --token TOKEN`"
+    if isinstance(failure, ServerError) and failure.status == 200:
+        return (
+            f"{where} answered in a way that breaks the FieldSync protocol ({failure.message}): "
+            f"check that the endpoint is a FieldSync API {versions}; {fix}"
         )
-    return _fail(
-        f"sync incomplete ({reason}); nothing is lost: {summary.remaining} op(s) wait in the "
-        f"outbox, run `{PROG} sync` again later",
-        EXIT_TEMPFAIL,
+    if isinstance(failure, ServerError) and failure.status == 404:
+        return (
+            f"{where} has no FieldSync API at that address (HTTP 404: {failure.message}): the "
+            f"endpoint is probably wrong (it is the base URL, without /v1/...); {fix}"
+        )
+    if isinstance(failure, BadRequest):
+        return (
+            f"{where} refused the agent's requests as malformed (HTTP 400: {failure.message}), "
+            f"which retrying will not change: check the endpoint {versions}; {fix}"
+        )
+    if isinstance(failure, ServerError):
+        answer = f"HTTP {failure.status}"
+        if failure.message and failure.message != answer:
+            answer += f" ({failure.message})"
+    else:
+        answer = describe(failure)
+    return (
+        f"{where} answered {answer}, which retrying will not change: check the endpoint "
+        f"{versions}; {fix}"
+    )
+
+
+def _kept(summary: ProcessingSummary) -> str:
+    """Where the ops this sync did not settle are: never "nothing is lost" when it
+    quarantined some."""
+    waiting = f"{summary.remaining} op(s) wait in the outbox"
+    if not summary.quarantined:
+        return f"nothing is lost: {waiting}"
+    return (
+        f"{summary.quarantined} op(s) were quarantined in this sync (see `{PROG} quarantine "
+        f"list`) and {waiting}"
     )
 
 
