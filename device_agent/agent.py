@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar, Union, cast, get_args
+from typing import Any, Callable, Optional, TypeVar, Union, cast
 from urllib.parse import urlsplit
 
 from device_agent.backoff import ExponentialBackoff, RetryPolicy
@@ -37,19 +37,15 @@ from device_agent.replica import Replica
 from device_agent.state import DAMAGED_ADVICE, AgentState, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
-from device_agent.sync_failures import failure_name
 from device_agent.transport import (
     Failure,
-    HealthOutcome,
     HttpTransport,
-    PullOutcome,
-    PushOutcome,
     ServerError,
     Throttled,
     Transport,
     Unreachable,
 )
-from shared.contracts import ContractError, JsonObject, Op, OpKind, Priority
+from shared.contracts import ContractError, JsonObject, OpKind, Priority
 from shared.contracts.hlc import NODE_PATTERN, validate_node_id
 from shared.contracts.validation import check_collection, check_key
 
@@ -59,8 +55,6 @@ TransportFactory = Callable[[str, str], Transport]
 
 _SETTLED = ("auth", "timeout", "stopped")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
-_Outcome = TypeVar("_Outcome")
-_FAILURES = get_args(Failure)
 
 
 def retry_may_help(failure: Failure) -> bool:
@@ -70,37 +64,6 @@ def retry_may_help(failure: Failure) -> bool:
     if isinstance(failure, (Unreachable, Throttled)):
         return True
     return isinstance(failure, ServerError) and 500 <= failure.status <= 599
-
-
-class _FailureRecorder:
-    """A Transport that passes every call on and keeps the first failure of each kind since
-    `clear()`: a summary names why a round stopped (`server_error`), not the HTTP status that
-    tells a 503 from a 404."""
-
-    def __init__(self, inner: Transport) -> None:
-        self.inner = inner
-        self.first: dict[str, Failure] = {}
-
-    def clear(self) -> None:
-        self.first.clear()
-
-    def _note(self, outcome: _Outcome) -> _Outcome:
-        if isinstance(outcome, _FAILURES):
-            failure = cast(Failure, outcome)
-            self.first.setdefault(failure_name(failure), failure)
-        return outcome
-
-    def health(self) -> HealthOutcome:
-        return self._note(self.inner.health())
-
-    def push(self, batch_id: str, ops: Sequence[Op]) -> PushOutcome:
-        return self._note(self.inner.push(batch_id, ops))
-
-    def pull(self, after: Optional[str], limit: int) -> PullOutcome:
-        return self._note(self.inner.pull(after, limit))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _naming_the_file(method: _Method) -> _Method:
@@ -221,7 +184,6 @@ class Agent:
         self._transport: Optional[Transport] = None
         self._transport_key: Optional[tuple[str, str]] = None
         self._engine: Optional[SyncEngine] = None
-        self._recorder: Optional[_FailureRecorder] = None
         # The whole-request failure behind the last sync's `stopped_by` (None when it synced,
         # or stopped on its own timeout before any failure): `retry_may_help` tells apart a
         # cloud that is down or busy from one that answers wrongly (the CLI's exit 75 or 1).
@@ -417,8 +379,7 @@ class Agent:
                 self._transport.close()
             if self._transport_key is not None and key[1] != self._transport_key[1]:
                 self.monitor.clear_auth()  # a new token deserves a new try
-            self._recorder = _FailureRecorder(self._transport_factory(*key))
-            self._transport = self._recorder
+            self._transport = self._transport_factory(*key)
             self._transport_key = key
             self._engine = SyncEngine(
                 self.outbox,
@@ -449,8 +410,6 @@ class Agent:
         if timeout is not None and math.isnan(timeout):
             raise ValueError("timeout must be a number of seconds or None (no limit), not NaN")
         engine = self.engine()
-        recorder = self._recorder
-        assert recorder is not None  # (engine() made it)
         engine.on_progress = progress
         summary = ProcessingSummary()
         self.last_failure = None
@@ -458,11 +417,9 @@ class Agent:
         attempt = 0
         while True:
             summary.stopped_by, summary.retry_after = None, None
-            recorder.clear()
             engine.round(summary, deadline=deadline)
-            # The first failure of the kind that stopped the round is the one that stopped it;
-            # one that ran out of time keeps the failure before it, if any, as the reason.
-            failure = recorder.first.get(summary.stopped_by or "")
+            failure = engine.stopped_on
+            # A round that ran out of time keeps the failure before it, if any, as the reason.
             if summary.stopped_by not in ("timeout", "stopped"):
                 self.last_failure = failure
             if summary.synced or summary.stopped_by in _SETTLED:

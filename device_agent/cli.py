@@ -312,8 +312,6 @@ def _sync_failed(agent: Agent, summary: ProcessingSummary, timeout: float) -> in
     failure = agent.last_failure
     if failure is not None:
         reason = describe(failure)
-    elif summary.stopped_by == "timeout":
-        reason = f"no answer within --timeout {timeout:g}s"
     elif summary.deferred:
         reason = f"it did not settle {summary.deferred} op(s) yet"
     else:
@@ -327,13 +325,21 @@ def _sync_failed(agent: Agent, summary: ProcessingSummary, timeout: float) -> in
     if failure is not None and not retry_may_help(failure):
         endpoint = agent.state.settings().endpoint
         return _fail(f"{_lasting(failure, endpoint)}; {_kept(summary)}", EXIT_ERROR)
-    if not summary.reached_cloud:
+    if summary.stopped_by == "timeout":
+        problem = f"the sync did not finish within --timeout {timeout:g}s"
+        if failure is not None:
+            problem += f" (before that: {reason})"
+        elif summary.reached_cloud:
+            problem += " (the cloud is slow)"
+        else:
+            problem += " (no answer from the cloud in that time)"
+        advice = (
+            "run `sync-agent sync` again (when online), with a longer --timeout for a slow "
+            "link or a large backlog"
+        )
+    elif not summary.reached_cloud:
         problem = f"could not reach the cloud ({reason})"
         advice = "run `sync-agent sync` again when online"
-    elif summary.stopped_by == "timeout":
-        problem = f"the sync did not finish within --timeout {timeout:g}s"
-        problem += f" (before that: {reason})" if failure is not None else " (the cloud is slow)"
-        advice = "run `sync-agent sync` again, with a longer --timeout for a large backlog"
     else:
         problem = f"the cloud could not take everything now ({reason})"
         advice = "run `sync-agent sync` again later"

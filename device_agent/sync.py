@@ -98,6 +98,9 @@ class SyncEngine:
         self._restamps: dict[str, int] = {}
         # The round's own deadline (not a push slice's end): no request waits past it.
         self._deadline: Optional[float] = None
+        # The whole-request failure that stopped the last round (None: none did). A summary
+        # names its kind (`server_error`), this keeps its status (a 503 is not a 404).
+        self.stopped_on: Optional[Failure] = None
         self.on_progress: Optional[Callable[[ProcessingSummary], None]] = None
 
     # -- a round: push, then pull ------------------------------------------------------
@@ -136,6 +139,7 @@ class SyncEngine:
         summary.pushed_all = push_failure is None and not sliced
         summary.pulled_all = pull and not hopeless and pull_failure is None
         failure = push_failure if push_failure is not None else pull_failure
+        self.stopped_on = None if failure is None or isinstance(failure, str) else failure
         if failure is not None:
             summary.stopped_by = failure_name(failure)
             summary.error(describe(failure))
