@@ -70,6 +70,14 @@ def _bound(text: str) -> int:
     return number
 
 
+def _db_path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path: give the device database's file, or leave --db out for the default"
+        )
+    return text
+
+
 def _default_db() -> str:
     return os.environ.get("SYNC_AGENT_DB") or "./fieldsync.db"
 
@@ -79,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--db",
         default=argparse.SUPPRESS,
+        type=_db_path,
         metavar="PATH",
         help="device database (default: $SYNC_AGENT_DB, else ./fieldsync.db)",
     )

@@ -118,6 +118,7 @@ def test_put_works_offline_sync_exits_75_and_nothing_is_lost(
         (("put", "prefs", "u1", "{}", "--priority", "urgent"), ["invalid choice"]),
         (("put", "BAD COLLECTION", "u1", '{"a": 1}'), ["collection"]),
         (("put", "prefs"), ["required"]),
+        (("status", "--db", ""), ["--db", "empty path"]),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
