@@ -10,8 +10,11 @@ import json
 import pytest
 
 from shared.conflict import Resolution
+from shared.contracts import limits, parse_op
+from shared.contracts.model import encoded_size
 from shared.dal import records_model
 from shared.dal.aws import sqs_client
+from shared.dal.queue import MalformedMessage, RetryMessage, parse_message
 from shared.logic.apply import register_resolver, unregister_resolver
 from tests.integration.conftest import Cloud, Device, settle
 from tests.support.aws import dynamo_fault, item_pk, load_event, sqs_fault
@@ -50,6 +53,39 @@ def test_queued_op_is_applied_later_by_the_worker(cloud: Cloud) -> None:
     assert [(c["key"], c["data"]) for c in changes] == [("later", {"currency": "BTC"})]
     # and resending the batch now answers duplicate (the op took effect once)
     assert cloud.post_batch([op]).body["results"][0]["status"] == "duplicate"
+
+
+def test_a_queued_op_at_the_size_limit_without_priority_is_applied_by_the_worker(
+    cloud: Cloud,
+) -> None:
+    # Given an op that leaves out the optional priority and is exactly at the op size limit
+    op = Device().op("put", "big", {"blob": ""})
+    del op["priority"]
+    op["data"]["blob"] = "x" * (limits.MAX_OP_BYTES - encoded_size(op))
+    assert encoded_size(op) == limits.MAX_OP_BYTES
+    # and DynamoDB throttles its write, so the API queues it (the message writes priority out)
+    with dynamo_fault(records_model(), "PutItem"):
+        assert cloud.post_batch([op]).body["results"][0]["status"] == "queued"
+    # When the worker polls
+    run = cloud.run_worker_once()
+    # Then the op is applied, not refused as too large on its way to the DLQ
+    assert run == {"received": 1, "failed": 0}
+    assert cloud.queue_depth(cloud.queue_url) == 0
+    assert cloud.queue_depth(cloud.dlq_url) == 0
+    assert cloud.post_batch([op]).body["results"][0]["status"] == "duplicate"
+
+
+def test_a_retry_message_skips_only_the_size_limit_of_its_op() -> None:
+    # Given retry messages whose ops are over the size limit, one of them also with a bad key
+    op = parse_op(Device().op("put", "k", {"blob": "x" * limits.MAX_OP_BYTES}), max_bytes=None)
+    body = RetryMessage("acme", "pi-7", "b-1", op, "throttled", "").to_body()
+    bad_key = json.loads(body)
+    bad_key["op"]["key"] = "line\nbreak"
+    # When the worker reads them
+    # Then the size alone is no reason to refuse it, while every other rule still holds
+    assert parse_message(body).op == op
+    with pytest.raises(MalformedMessage, match=r"op\.key"):
+        parse_message(json.dumps(bad_key))
 
 
 def test_poison_op_reaches_the_dlq_after_5_receives_while_others_succeed(
