@@ -20,6 +20,7 @@ from shared.contracts.model import (
     Record,
     RecordClock,
     encoded_size,
+    response_size,
 )
 from shared.contracts.validation import (
     BatchTooLarge,
@@ -65,4 +66,5 @@ __all__ = [
     "parse_hlc",
     "parse_op",
     "parse_record",
+    "response_size",
 ]

@@ -67,6 +67,14 @@ def encoded_size(value: Any) -> int:
     return len(compact_json(value).encode("utf-8"))
 
 
+def response_size(value: Any) -> int:
+    """Bytes `value` adds to a Lambda proxy response: its compact JSON, as the response's
+    string `body`, which the Lambda runtime encodes once more as ASCII JSON (a quote takes
+    two bytes there, a non-ASCII character six or twelve). What response budgets count in.
+    """
+    return len(json.dumps(compact_json(value))) - 2  # less the quotes around the body
+
+
 @dataclass(frozen=True)
 class Op:
     """One write recorded by a device: the unit of sync, idempotent by its HLC."""

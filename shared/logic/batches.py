@@ -8,6 +8,7 @@ that also fails does the whole request become a 503 (the dual failure).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -27,8 +28,10 @@ from shared.contracts import (
     OpStatus,
     ParsedBatch,
     RejectedOp,
+    limits,
     parse_batch,
     parse_hlc,
+    response_size,
 )
 from shared.dal import Principal, RetryMessage, enqueue
 from shared.dal.records import StoredRecord
@@ -211,7 +214,7 @@ def apply_batch(raw: Any, principal: Principal, settings: Settings) -> BatchResp
                 "causes": {"dynamodb": first.store_cause, "sqs": first.queue_cause},
             },
         )
-    final = [result for result in results if result is not None]
+    final = _within_budget([result for result in results if result is not None])
     _record_metrics(final, time.monotonic() - started)
     logger.info(
         "batch applied",
@@ -224,6 +227,36 @@ def apply_batch(raw: Any, principal: Principal, settings: Settings) -> BatchResp
         },
     )
     return BatchResponse(batch.batch_id, server_time(), final)
+
+
+def _within_budget(results: Sequence[OpResult]) -> list[OpResult]:
+    """The results, with `record` left out of those past the response budget.
+
+    Every superseded or merged result carries the whole record, and a few stale ops on a
+    large record would make an answer Lambda cannot return (nor any retry of the batch).
+    A result without `record` is complete otherwise; the device gets the record through
+    /v1/changes.
+    """
+    size = 0
+    left_out = 0
+    kept: list[OpResult] = []
+    for result in results:
+        if result.record is None:
+            kept.append(result)
+            continue
+        cost = response_size(result.record.to_wire())
+        if size + cost > limits.MAX_RESPONSE_RECORD_BYTES:
+            kept.append(dataclasses.replace(result, record=None))
+            left_out += 1
+        else:
+            kept.append(result)
+            size += cost
+    if left_out:
+        logger.info(
+            "records left out of the batch answer",
+            extra={"left_out": left_out, "budget_bytes": limits.MAX_RESPONSE_RECORD_BYTES},
+        )
+    return kept
 
 
 def _record_metrics(results: Sequence[OpResult], elapsed_s: float) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from shared.config import Settings
-from shared.contracts import ChangesPage, Record, format_hlc, limits
+from shared.contracts import ChangesPage, Record, format_hlc, limits, response_size
 from shared.contracts.validation import check_collection
 from shared.dal import Principal
 from shared.dal.records import feed
@@ -114,7 +114,12 @@ def read_changes(
     collection: Optional[str],
     settings: Settings,
 ) -> ChangesResult:
-    """One page of the caller's tenant's changes after `after` (None: from the beginning)."""
+    """One page of the caller's tenant's changes after `after` (None: from the beginning).
+
+    A page holds at most `limit` records and, past its first record, at most
+    `limits.MAX_RESPONSE_RECORD_BYTES` of them, so that it always fits in a Lambda response
+    and paging always moves on.
+    """
     if collection is not None:
         problems = check_collection(collection, "collection")
         if problems:
@@ -132,15 +137,24 @@ def read_changes(
     # A stamp sorts below this key exactly when its physical part is before the horizon.
     horizon_key = f"{horizon_ms:0{_STAMP_DIGITS}d}"
     changes: list[Record] = []
+    size = 0  # response_size of the records in `changes`
     last = position
     has_more = False
     for entry in feed(principal.tenant_id, after=position, before=_END, collection=collection):
-        if len(changes) == limit:
-            has_more = entry.changed_at < horizon_key
-            break
-        changes.append(entry.record)
-        if entry.changed_at < horizon_key:
-            last = entry.changed_at
+        if len(changes) < limit:
+            cost = response_size(entry.record.to_wire())
+            # The first record always goes in (one is never near the budget): pages move on.
+            if not changes or size + cost <= limits.MAX_RESPONSE_RECORD_BYTES:
+                changes.append(entry.record)
+                size += cost
+                if entry.changed_at < horizon_key:
+                    last = entry.changed_at
+                continue
+        # The page is full, by count or by bytes. More follow if this record is settled; if
+        # it is in the fresh tail, the settled feed is drained and the cursor goes to the
+        # horizon, which this record is not before: a later sync delivers it.
+        has_more = entry.changed_at < horizon_key
+        break
     if not has_more:
         # Drained up to the horizon: later writes all stamp at or after it. The changes
         # stamped since (the page's tail, when it has room) are delivered now AND again

@@ -32,6 +32,7 @@ from tests.support.aws import (
 
 TEMPLATE = load_template()
 SETTLE_MS = 100
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
 
 
 FAKE_AWS_ENV = {
@@ -93,6 +94,9 @@ class Cloud:
         self.stack = stack
         self.sqs = boto3.client("sqs", region_name=REGION)
         self.context = LambdaContext()
+        # Bytes of the last response as the Lambda runtime returns it (ASCII JSON), which
+        # Lambda refuses past 6 MB.
+        self.last_response_bytes = 0
 
     @property
     def queue_url(self) -> str:
@@ -107,6 +111,7 @@ class Cloud:
 
     def http(self, function: str, event: dict[str, Any]) -> Response:
         raw = self.invoke(function, event)
+        self.last_response_bytes = len(json.dumps(raw))
         body = json.loads(raw["body"]) if raw.get("body") else None
         headers = {k: v for k, v in (raw.get("headers") or {}).items()}
         for key, values in (raw.get("multiValueHeaders") or {}).items():

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from local.routing import lambda_response
-from shared.contracts import is_hlc
+from shared.contracts import OpStatus, is_hlc, parse_batch_response
 from shared.contracts.hlc import wall_clock_ms
-from tests.integration.conftest import Cloud, Device, batch_event, settle
+from tests.integration.conftest import LAMBDA_RESPONSE_LIMIT, Cloud, Device, batch_event, settle
 from tests.support.aws import load_event
 
 
@@ -54,6 +54,33 @@ def test_older_put_is_superseded_and_carries_the_current_record(cloud: Cloud) ->
     assert result["status"] == "superseded"
     assert result["record"]["data"] == {"currency": "BTC"}
     assert result["record"]["clock"]["reset"] == newer["hlc"]
+
+
+def test_stale_writes_to_a_large_record_get_an_answer_that_fits_in_a_lambda_response(
+    cloud: Cloud,
+) -> None:
+    # Given a record of 340 KB
+    device = Device()
+    blob = "x" * 340_000
+    assert cloud.post_batch([device.op("put", "doc", {"blob": blob})]).status == 200
+    # When 20 patches stamped before it arrive in one batch (each one superseded)
+    old = wall_clock_ms() - 60_000
+    stale = [device.op("patch", "doc", {"f": i}, hlc=f"{old:013d}-{i:05d}-pi-7") for i in range(20)]
+    response = cloud.post_batch(stale)
+    # Then the answer fits in a Lambda response: every op is answered, in order; the first
+    # ones carry the record, the ones past the budget leave it out
+    assert response.status == 200
+    assert cloud.last_response_bytes < LAMBDA_RESPONSE_LIMIT
+    results = response.body["results"]
+    assert [(r["op_id"], r["status"]) for r in results] == [
+        (op["op_id"], "superseded") for op in stale
+    ]
+    carried = ["record" in r for r in results]
+    assert carried[0] and not carried[-1] and carried == sorted(carried, reverse=True)
+    assert all(r["record"]["data"] == {"blob": blob} for r in results if "record" in r)
+    # and the agent's parser reads a result without record as complete
+    parsed = parse_batch_response(response.body)
+    assert parsed.results[-1].status is OpStatus.SUPERSEDED and parsed.results[-1].record is None
 
 
 def test_put_older_than_a_field_patch_is_merged(cloud: Cloud) -> None:

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -16,17 +17,20 @@ from shared.contracts import is_hlc
 from shared.dal import records_model
 from shared.dal.models import WRITE_MAX_S
 from shared.logic import changes as changes_module
-from tests.integration.conftest import Cloud, Device, settle
+from tests.integration.conftest import LAMBDA_RESPONSE_LIMIT, SETTLE_MS, Cloud, Device, settle
 from tests.support.aws import dynamo_fault, dynamodb_client_of, load_event, slow_requests
 
 
-def page_all(cloud: Cloud, **kwargs: object) -> tuple[list[dict], str, int]:
+def page_all(
+    cloud: Cloud, after: Optional[str] = None, **kwargs: object
+) -> tuple[list[dict], str, int]:
     changes: list[dict] = []
-    cursor = None
+    cursor = after
     pages = 0
     while True:
         response = cloud.changes(after=cursor, **kwargs)  # type: ignore[arg-type]
         assert response.status == 200, response.body
+        assert cloud.last_response_bytes < LAMBDA_RESPONSE_LIMIT
         pages += 1
         changes += response.body["changes"]
         cursor = response.body["cursor"]
@@ -139,6 +143,56 @@ def test_the_settle_window_outlasts_the_slowest_record_write() -> None:
     assert DEFAULT_SETTLE_MS >= WRITE_MAX_S * 1000 + 5_000
     template = (Path(__file__).parents[2] / "template.yaml").read_text(encoding="utf-8")
     assert re.search(rf"ChangesSettleMs:\n(?:\s+.*\n)*?\s+Default: {DEFAULT_SETTLE_MS}\n", template)
+
+
+# 20 records of 340 KB (each a legal op) are more than a Lambda response can hold: as ASCII,
+# and three times more as non-ASCII text (the response carries "é" as "\u00e9").
+LARGE_BLOBS = {"ascii": "x" * 340_000, "non-ascii": "é" * 170_000}
+
+
+def write_large_records(cloud: Cloud, blob: str, count: int = 20) -> list[str]:
+    device = Device()
+    keys = [f"doc-{i:02d}" for i in range(count)]
+    for key in keys:
+        assert cloud.post_batch([device.op("put", key, {"blob": blob})]).status == 200
+    return keys
+
+
+@pytest.mark.parametrize("blob", LARGE_BLOBS.values(), ids=LARGE_BLOBS.keys())
+def test_pages_of_large_records_are_closed_by_bytes_and_deliver_every_record(
+    cloud: Cloud, blob: str
+) -> None:
+    # Given 20 settled records of 340 KB
+    keys = write_large_records(cloud, blob)
+    settle()
+    # When a device pages through the feed with the default limit (100)
+    first = cloud.changes()
+    changes, _, pages = page_all(cloud)  # asserts each page fits in a Lambda response
+    # Then the first page stops short of the limit, under Lambda's response limit, with more
+    # to come, and paging on delivers every record exactly once
+    assert first.status == 200 and cloud.last_response_bytes < LAMBDA_RESPONSE_LIMIT
+    assert 0 < len(first.body["changes"]) < len(keys) and first.body["has_more"] is True
+    assert pages > 1
+    assert sorted(c["key"] for c in changes) == keys
+    assert all(c["data"] == {"blob": blob} for c in changes)
+
+
+def test_a_page_closed_by_bytes_in_the_fresh_tail_leaves_the_rest_for_later(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 20 records of 340 KB written inside a long settle window (all in the fresh tail)
+    monkeypatch.setenv("CHANGES_SETTLE_MS", "60000")
+    keys = write_large_records(cloud, LARGE_BLOBS["ascii"])
+    # When the feed is read from the start
+    first = cloud.changes()
+    # Then the page stops at its byte budget and, the settled feed being drained, says so
+    assert first.status == 200 and cloud.last_response_bytes < LAMBDA_RESPONSE_LIMIT
+    assert 0 < len(first.body["changes"]) < len(keys) and first.body["has_more"] is False
+    # and once they have settled, paging on from its cursor delivers every one of them
+    monkeypatch.setenv("CHANGES_SETTLE_MS", str(SETTLE_MS))
+    settle()
+    later, _, _ = page_all(cloud, after=first.body["cursor"])
+    assert sorted(c["key"] for c in later) == keys
 
 
 def test_other_tenants_changes_are_invisible(cloud: Cloud) -> None:

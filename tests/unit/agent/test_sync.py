@@ -132,6 +132,24 @@ def test_superseded_write_is_acked_and_the_replica_takes_the_servers_record(
     assert agent.status()["pending"] == 0
 
 
+def test_superseded_write_answered_without_record_is_acked_and_the_pull_brings_the_record(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given the cloud leaves `record` out of its answer (past its response budget)
+    server.records_left_out = True
+    agent = rig.agent()
+    agent.put("prefs", "u1", {"theme": "light"})
+    server.write_as_other_device(
+        other_device_op(OpKind.PUT, "u1", {"theme": "dark"}, ahead_ms=5000)
+    )
+    # When the agent syncs
+    summary = agent.sync(timeout=10)
+    # Then the op is done, and the replica takes the server's record from /v1/changes
+    assert summary.superseded == 1 and summary.synced
+    assert agent.status()["pending"] == 0
+    assert agent.get("prefs", "u1") == {"theme": "dark"}
+
+
 def test_a_write_made_after_pulling_a_change_is_stamped_after_it(
     rig: Rig, server: ProtocolServer
 ) -> None:

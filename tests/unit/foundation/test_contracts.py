@@ -23,6 +23,7 @@ from shared.contracts import (
     parse_changes_page,
     parse_op,
     parse_record,
+    response_size,
 )
 
 pytestmark = pytest.mark.agent
@@ -151,6 +152,11 @@ def test_an_op_over_the_size_limit_is_rejected_as_too_large() -> None:
     assert isinstance(rejected, RejectedOp)
     assert rejected.code is ErrorCode.TOO_LARGE
     assert f"exceeds {limits.MAX_OP_BYTES} bytes" in rejected.message
+
+
+def test_response_size_counts_a_value_as_escaped_in_a_lambda_response() -> None:
+    # The body's JSON is escaped again, to ASCII: a quote takes 2 bytes, "é" takes 6
+    assert response_size({"k": 'é"'}) == len(r"{\"k\":\"\u00e9\\\"\"}") == 22
 
 
 def test_an_op_that_is_not_an_object_is_rejected_without_an_id() -> None:
