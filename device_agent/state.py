@@ -331,6 +331,10 @@ class AgentState:
         estimate is left alone: a record's stamp is another device's clock, not the server's."""
         if not hlc:
             return
+        out = self._object(STAMPS_OUT)
+        seen = out.get("seen")
+        if not isinstance(seen, str) or hlc > seen:
+            self._put(STAMPS_OUT, {**out, "seen": hlc})  # a floor of restamp_clock
         clock, correction = self._load_clock()
         if hlc <= clock.last:
             return  # the usual case: nothing to write
@@ -344,9 +348,10 @@ class AgentState:
         persisted clock restarts at `server_time` and follows the corrected wall clock from
         there. Re-stamp the pending ops afterwards (Outbox.restamp) so their order holds.
         It never restarts below a stamp of ours the cloud took, or may have taken (sent, the
-        answer not come yet): a newer write of ours stamped below one would lose to it. The
-        cloud takes no stamp more than `skew_s` ahead of its clock, which only moves on, so a
-        sent one counts up to `server_time` + `skew_s` at most.
+        answer not come yet), nor below the greatest stamp of the records received
+        (`merge_seen`): a newer write of ours stamped below one would lose to it. The cloud
+        takes no stamp more than `skew_s` ahead of its clock, which only moves on, so a sent
+        or seen one counts up to `server_time` + `skew_s` at most.
         """
         server = parse_hlc(server_time)
         with transaction(self._conn):
@@ -357,10 +362,11 @@ class AgentState:
             if out.get("taken"):
                 taken = parse_hlc(out["taken"])
                 floors.append((taken.physical_ms, taken.logical))
-            if out.get("unsettled"):
-                sent = parse_hlc(max(out["unsettled"]))
-                cap = (server.physical_ms + int(skew_s * 1000), 0)
-                floors.append(min((sent.physical_ms, sent.logical), cap))
+            cap = (server.physical_ms + int(skew_s * 1000), 0)
+            for capped in (max(out.get("unsettled") or [""]), out.get("seen")):
+                if isinstance(capped, str) and capped:
+                    stamp = parse_hlc(capped)
+                    floors.append(min((stamp.physical_ms, stamp.logical), cap))
             for physical_ms, logical in floors:
                 restart = max(restart, format_hlc(physical_ms, logical, self.device_id))
             self._save_clock(restart, offset)
@@ -387,7 +393,7 @@ class AgentState:
             unsettled.remove(sent)
         # A batch whose stamps are all below one the cloud took no longer raises the floor.
         unsettled = [stamp for stamp in unsettled if stamp > taken]
-        self._put(STAMPS_OUT, {"taken": taken, "unsettled": unsettled})
+        self._put(STAMPS_OUT, {**out, "taken": taken, "unsettled": unsettled})
 
     def _load_clock(self, correction: Optional[int] = None) -> tuple[HybridLogicalClock, int]:
         raw = self._object("clock")

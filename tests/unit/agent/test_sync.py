@@ -258,6 +258,29 @@ def test_a_device_clock_ahead_of_the_cloud_is_corrected_and_its_ops_restamped(
     assert agent.status()["clock_offset_ms"] == pytest.approx(-hour_ms, abs=60_000)
 
 
+def test_a_restamped_write_still_beats_a_change_this_device_had_seen(
+    rig: Rig, server: ProtocolServer
+) -> None:
+    # Given another device, two minutes ahead (within the cloud's allowance), wrote a
+    # document this device pulled
+    agent = rig.agent()
+    theirs = other_device_op(OpKind.PUT, "doc", {"by": "them"}, ahead_ms=120_000)
+    server.write_as_other_device(theirs)
+    assert agent.sync(timeout=10).pulled == 1
+    # When this device's clock jumps ten minutes ahead, the user edits the document, and the
+    # cloud answers clock_ahead
+    wall = {"ahead_ms": 600_000}
+    read_wall_clock_ahead(agent, wall)
+    mine = agent.put("prefs", "doc", {"by": "me"})
+    summary = agent.sync(timeout=10)
+    # Then the write is re-stamped from the cloud's time but still after the change it was
+    # based on, and wins
+    assert summary.synced and summary.restamped == 1 and server.applied[mine] == 1
+    sent = [op for op in server.arrivals if op.op_id == mine][-1]  # the re-stamped one
+    assert sent.hlc > theirs.hlc
+    assert server.document("prefs", "doc") == {"by": "me"}
+
+
 def test_a_restamped_write_still_beats_an_earlier_write_of_ours_the_cloud_took(
     rig: Rig, server: ProtocolServer
 ) -> None:
