@@ -236,6 +236,29 @@ def _int_or_none(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+class _OutOfTime(Exception):
+    """The deadline passed while an answer was still arriving."""
+
+
+def _body_by(response: requests.Response, deadline: float) -> bytes:
+    """The response body, given up on (_OutOfTime) once `deadline` passes: a read timeout
+    bounds each read, not an answer that trickles in over a slow link."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 2; older ones read it whole
+    if read1 is None:
+        return response.content
+    parts: list[bytes] = []
+    try:
+        while True:
+            if time.monotonic() >= deadline:
+                raise _OutOfTime
+            part = read1(64 * 1024, decode_content=True)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+    finally:
+        response.close()
+
+
 class HttpTransport:
     """The real transport: a `requests.Session` with connect/read timeouts and gzip bodies."""
 
@@ -361,8 +384,11 @@ class HttpTransport:
                 params=params,
                 headers=headers,
                 timeout=(connect_s, read_s),
+                stream=deadline is not None,
             )
-            raw = response.content
+            raw = response.content if deadline is None else _body_by(response, deadline)
+        except _OutOfTime:
+            return Unreachable("no time left to read the answer", Traffic(sent, 0))
         except requests.Timeout as exc:
             return Unreachable(f"timed out: {type(exc).__name__}", Traffic(sent, 0))
         except requests.RequestException as exc:

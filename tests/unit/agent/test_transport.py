@@ -238,3 +238,41 @@ def test_an_answer_for_another_batch_is_a_server_error_not_an_ack() -> None:
         server.server_close()
     assert isinstance(outcome, ServerError)
     assert "mixed up" in outcome.message
+
+
+class _TricklingPage(BaseHTTPRequestHandler):
+    """A changes page sent one byte every 50 ms (a very slow link): 10 s for the page."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = json.dumps({"changes": [], "cursor": "c" * 170, "has_more": False}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            pass  # the client gave up
+
+
+def test_an_answer_trickling_in_past_the_deadline_is_given_up_on() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TricklingPage)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = HttpTransport(f"http://127.0.0.1:{server.server_address[1]}", TOKEN)
+        started = time.monotonic()
+        outcome = client.pull(None, 10, deadline=started + 1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Every byte came within the read timeout, yet the call ends at its deadline
+    assert isinstance(outcome, Unreachable) and "no time left" in outcome.reason
+    assert elapsed < 2.0, elapsed
