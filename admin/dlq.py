@@ -22,8 +22,9 @@ from admin.errors import AdminError
 
 _PEEK_VISIBILITY_S = 30
 _MAX_MESSAGES = 10_000
-# Receives in a row that bring only messages already seen, after which listing stops.
-_IDLE_RECEIVES = 3
+# Receives in a row that bring only messages already seen, after which listing stops (each
+# hides them again, so the next ones reach the others).
+_IDLE_RECEIVES = 10
 # What ReceiveMessage answers of a message attribute that SendMessage takes back.
 _ATTRIBUTE_FIELDS = ("DataType", "StringValue", "BinaryValue")
 
@@ -83,10 +84,13 @@ class DeadLetterQueue:
         self._source = source_url
 
     def peek(self) -> list[DeadLetter]:
-        """Every message in the DLQ, left in place."""
+        """Every message in the DLQ, left in place (up to as many as it held when this began:
+        the depth is approximate, so a listing during a burst of new dead letters may miss
+        the newest)."""
         held: dict[str, DeadLetter] = {}
+        limit = min(_MAX_MESSAGES, max(sum(queue_depth(self._sqs, self._url).values()), 10))
         try:
-            return [message for batch in self._batches(_MAX_MESSAGES, held) for message in batch]
+            return [message for batch in self._batches(limit, held) for message in batch]
         finally:
             self._release(list(held.values()))
 
@@ -152,16 +156,18 @@ class DeadLetterQueue:
 
         A caller holding the messages longer than the timeout gets the first ones again, so
         the queue never answers empty; this still ends. A message seen again stays hidden for
-        another timeout, which lets the next receives reach the others. `held`, if given, gets
-        the latest receipt of every message received, for releasing them.
+        a longer timeout each time, which lets the next receives reach the others. `held`, if
+        given, gets the latest receipt of every message received, for releasing them.
         """
         seen: set[str] = set()
-        idle = 0
+        idle = again = 0
         while len(seen) < limit and idle < _IDLE_RECEIVES:
             answer = self._sqs.receive_message(
                 QueueUrl=self._url,
-                MaxNumberOfMessages=min(10, limit - len(seen)),
-                VisibilityTimeout=_PEEK_VISIBILITY_S,
+                MaxNumberOfMessages=10,  # (also hides as many of those that come again)
+                # Longer each time messages come again: those keep coming first, and would
+                # otherwise crowd out the ones not received yet.
+                VisibilityTimeout=_PEEK_VISIBILITY_S * (1 + again),
                 WaitTimeSeconds=1,
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
@@ -172,8 +178,10 @@ class DeadLetterQueue:
             if held is not None:
                 held.update((message.message_id, message) for message in received)
             fresh = [message for message in received if message.message_id not in seen]
+            fresh = fresh[: limit - len(seen)]
             seen.update(message.message_id for message in fresh)
             idle = 0 if fresh else idle + 1
+            again += len(fresh) < len(received)
             if fresh:
                 yield fresh
 

@@ -33,19 +33,19 @@ class Replica:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def apply(self, record: Record) -> Record:
-        """Fold a record from the cloud into the replica; returns the stored result."""
+    def apply(self, record: Record) -> bool:
+        """Fold a record from the cloud into the replica; whether that changed it."""
         with transaction(self._conn):
             return self._apply(record, self.resyncing())
 
     def apply_many(self, records: Iterable[Record]) -> int:
-        """Fold several records in one transaction (a pulled page); returns how many."""
+        """Fold several records in one transaction (a pulled page); returns how many changed
+        the replica (a change delivered again changes nothing, and is not written again)."""
         count = 0
         with transaction(self._conn):
             resyncing = self.resyncing()
             for record in records:
-                self._apply(record, resyncing)
-                count += 1
+                count += self._apply(record, resyncing)
         return count
 
     def apply_op(self, op: Op) -> Record:
@@ -153,8 +153,9 @@ class Replica:
         )
         return True, None if row is None else row[0]
 
-    def _apply(self, record: Record, resyncing: bool) -> Record:
-        current = self.get_record(record.collection, record.key)
+    def _apply(self, record: Record, resyncing: bool) -> bool:
+        """Fold `record` in; whether that changed the replica."""
+        stored = current = self.get_record(record.collection, record.key)
         if resyncing:
             first, since = self._first_sent(record.collection, record.key)
             if first and current is not None:
@@ -163,7 +164,10 @@ class Replica:
                 current = None if since is None else _written_since(current, since)
         merged = merge_records(current, record)
         assert merged is not None  # merging with a record never yields None
-        return self._store(merged)
+        if merged == stored:
+            return False
+        self._store(merged)
+        return True
 
     def _store(self, merged: Record) -> Record:
         self._conn.execute(

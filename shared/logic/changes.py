@@ -106,6 +106,12 @@ def parse_limit(text: Optional[str]) -> int:
     return int(text)
 
 
+def _written_only_by(record: Record, device_id: str) -> bool:
+    """Whether every write the record holds was stamped by `device_id` (HLC node)."""
+    stamps = [record.clock.reset, *record.clock.fields.values()]
+    return all(stamp.split("-", 2)[2] == device_id for stamp in stamps if stamp)
+
+
 def read_changes(
     principal: Principal,
     *,
@@ -141,19 +147,22 @@ def read_changes(
     last = position
     has_more = False
     for entry in feed(principal.tenant_id, after=position, before=_END, collection=collection):
+        fresh = entry.changed_at >= horizon_key
+        if fresh and _written_only_by(entry.record, principal.device_id):
+            continue  # only the caller's own writes: it has them (they come once settled)
         if len(changes) < limit:
             cost = response_size(entry.record.to_wire())
             # The first record always goes in (one is never near the budget): pages move on.
             if not changes or size + cost <= limits.MAX_RESPONSE_RECORD_BYTES:
                 changes.append(entry.record)
                 size += cost
-                if entry.changed_at < horizon_key:
+                if not fresh:
                     last = entry.changed_at
                 continue
         # The page is full, by count or by bytes. More follow if this record is settled; if
         # it is in the fresh tail, the settled feed is drained and the cursor goes to the
         # horizon, which this record is not before: a later sync delivers it.
-        has_more = entry.changed_at < horizon_key
+        has_more = not fresh
         break
     if not has_more:
         # Drained up to the horizon: later writes all stamp at or after it. The changes

@@ -19,7 +19,9 @@ SETTLE_S = 1.6
 
 
 def server_records(endpoint: str, token: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every record of the token's tenant, by paging /v1/changes to the end."""
+    """Every record of the token's tenant, by paging /v1/changes to the end. Use the token
+    of a device that wrote none of them: the feed's fresh tail leaves out a reader's own
+    writes until they have settled."""
     records: dict[tuple[str, str], dict[str, Any]] = {}
     cursor: Optional[str] = None
     for _ in range(1000):

@@ -20,6 +20,10 @@ from shared.logic import changes as changes_module
 from tests.integration.conftest import LAMBDA_RESPONSE_LIMIT, SETTLE_MS, Cloud, Device, settle
 from tests.support.aws import dynamo_fault, dynamodb_client_of, load_event, slow_requests
 
+# Reads the feed as another device than the writer (Device's default, pi-7): the fresh tail
+# leaves out the caller's own writes.
+READER = "pi-8"
+
 
 def page_all(
     cloud: Cloud, after: Optional[str] = None, **kwargs: object
@@ -75,15 +79,15 @@ def test_a_write_inside_the_settle_window_is_sent_at_once_and_again_once_settled
 ) -> None:
     # Given a one-second settle window, a drained feed and a write that just committed
     monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
-    _, drained, _ = page_all(cloud)
+    _, drained, _ = page_all(cloud, device=READER)
     device = Device()
     cloud.post_batch([device.op("put", "fresh", {"v": 1})])
     # When the feed is read at once, again at once, then after the settle window
-    early = cloud.changes(after=drained)
-    again = cloud.changes(after=early.body["cursor"])
+    early = cloud.changes(after=drained, device=READER)
+    again = cloud.changes(after=early.body["cursor"], device=READER)
     time.sleep(1.05)
-    late = cloud.changes(after=again.body["cursor"])
-    after_late = cloud.changes(after=late.body["cursor"])
+    late = cloud.changes(after=again.body["cursor"], device=READER)
+    after_late = cloud.changes(after=late.body["cursor"], device=READER)
     # Then it is delivered at once, but the cursor does not pass it until it has settled
     # (a write still in flight with an earlier stamp cannot be skipped): it comes again on
     # every read until then, once more when settled, and never after
@@ -92,6 +96,25 @@ def test_a_write_inside_the_settle_window_is_sent_at_once_and_again_once_settled
         assert page.body["has_more"] is False
     assert [c["key"] for c in late.body["changes"]] == ["fresh"]
     assert after_late.body["changes"] == []
+
+
+def test_a_devices_own_fresh_write_is_left_out_of_its_tail(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a one-second settle window and a write device pi-7 just made
+    monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
+    _, drained, _ = page_all(cloud)
+    cloud.post_batch([Device("pi-7").op("put", "mine", {"v": 1})], device="pi-7")
+    # When pi-7 and another device read the feed at once, and pi-7 again once it settled
+    own = cloud.changes(after=drained, device="pi-7")
+    other = cloud.changes(after=drained, device=READER)
+    time.sleep(1.05)
+    settled = cloud.changes(after=own.body["cursor"], device="pi-7")
+    # Then only the other device gets it at once (pi-7 has it: no bytes spent sending it
+    # back), and pi-7 gets it once, settled
+    assert own.body["changes"] == []
+    assert [c["key"] for c in other.body["changes"]] == ["mine"]
+    assert [c["key"] for c in settled.body["changes"]] == ["mine"]
 
 
 def test_a_full_page_of_settled_changes_leaves_the_fresh_ones_for_later(
@@ -104,8 +127,8 @@ def test_a_full_page_of_settled_changes_leaves_the_fresh_ones_for_later(
     time.sleep(1.05)
     cloud.post_batch([device.op("put", "fresh", {"v": 1})])
     # When pages of two are read from the start
-    first = cloud.changes(limit=2)
-    second = cloud.changes(after=first.body["cursor"], limit=2)
+    first = cloud.changes(limit=2, device=READER)
+    second = cloud.changes(after=first.body["cursor"], limit=2, device=READER)
     # Then the settled ones fill the first page, which ends the settled feed (has_more is
     # false: only a fresh change is left), and the fresh one comes on the next read
     assert [c["key"] for c in first.body["changes"]] == ["old-1", "old-2"]
@@ -129,9 +152,9 @@ def test_a_write_committed_seconds_after_its_stamp_is_not_skipped(
         writer.start()
         # When a device pages the feed while the write is under way, then after it landed
         time.sleep(2.0)
-        during = cloud.changes()
+        during = cloud.changes(device=READER)
         writer.join()
-    after = cloud.changes(after=during.body["cursor"])
+    after = cloud.changes(after=during.body["cursor"], device=READER)
     # Then the late write is delivered from the cursor handed out meanwhile (with "early"
     # again: it is still inside the settle window)
     assert [c["key"] for c in during.body["changes"]] == ["early"]
@@ -184,14 +207,14 @@ def test_a_page_closed_by_bytes_in_the_fresh_tail_leaves_the_rest_for_later(
     monkeypatch.setenv("CHANGES_SETTLE_MS", "60000")
     keys = write_large_records(cloud, LARGE_BLOBS["ascii"])
     # When the feed is read from the start
-    first = cloud.changes()
+    first = cloud.changes(device=READER)
     # Then the page stops at its byte budget and, the settled feed being drained, says so
     assert first.status == 200 and cloud.last_response_bytes < LAMBDA_RESPONSE_LIMIT
     assert 0 < len(first.body["changes"]) < len(keys) and first.body["has_more"] is False
     # and once they have settled, paging on from its cursor delivers every one of them
     monkeypatch.setenv("CHANGES_SETTLE_MS", str(SETTLE_MS))
     settle()
-    later, _, _ = page_all(cloud, after=first.body["cursor"])
+    later, _, _ = page_all(cloud, after=first.body["cursor"], device=READER)
     assert sorted(c["key"] for c in later) == keys
 
 

@@ -35,6 +35,18 @@ def test_an_applied_record_is_stored_with_its_clock(store):
     assert store.replica.get_record("items", "k") == record
 
 
+def test_a_record_delivered_again_changes_nothing_and_is_not_counted(store):
+    page = [cloud_record({"a": 1}, at=10)]
+    assert store.replica.apply_many(page) == 1
+    version = store.conn.execute("PRAGMA data_version").fetchone()[0]
+    total = store.conn.total_changes
+
+    assert store.replica.apply_many(page) == 0
+    assert store.replica.apply(cloud_record({"a": 0}, at=5)) is False  # older: nothing
+    assert store.conn.total_changes == total  # and nothing written
+    assert store.conn.execute("PRAGMA data_version").fetchone()[0] == version
+
+
 def test_an_unknown_record_is_none(store):
     assert store.replica.get_record("items", "nothing") is None
     assert store.replica.view("items", "nothing", []) is None
