@@ -38,6 +38,7 @@ from device_agent.state import DAMAGED_ADVICE, AgentState, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
 from device_agent.transport import (
+    NOT_JSON,
     Failure,
     HttpTransport,
     ServerError,
@@ -58,12 +59,15 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 def retry_may_help(failure: Failure) -> bool:
-    """Whether the same request may succeed later: True for an unreachable cloud, a timeout,
-    throttling (429/503) and other 5xx; False for an answer that will not change by itself -
-    a refused token, a 400, a 404 or any other 4xx, a 200 that breaks the protocol."""
+    """Whether the same request may succeed later: True for an unreachable cloud, a timeout
+    (408 too), throttling (429/503), other 5xx and an answer that is not JSON (a captive
+    portal); False for an answer that will not change by itself - a refused token, a 400, a
+    404 or any other 4xx, JSON that breaks the protocol."""
     if isinstance(failure, (Unreachable, Throttled)):
         return True
-    return isinstance(failure, ServerError) and 500 <= failure.status <= 599
+    if not isinstance(failure, ServerError):
+        return False
+    return 500 <= failure.status <= 599 or failure.status == 408 or failure.message == NOT_JSON
 
 
 def _naming_the_file(method: _Method) -> _Method:
@@ -344,9 +348,7 @@ class Agent:
             raise self._damaged(f"a pending op on {collection}/{key} is damaged", exc) from exc
         try:
             return self.replica.view(collection, key, pending)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # The stored record and clock are only read and merged here: a value of the wrong
-            # shape (a clock that is a JSON array) fails as one of these.
+        except ValueError as exc:  # undecodable, of the wrong shape, or a stamp that is not one
             raise self._damaged(f"the synced copy of {collection}/{key} is damaged", exc) from exc
 
     def _damaged(self, what: str, exc: Exception) -> DamagedDatabase:

@@ -21,7 +21,7 @@ from typing import Optional
 
 from device_agent.db import transaction
 from shared.conflict import apply_lww, merge_records
-from shared.contracts import JsonObject, Op, Record, RecordClock
+from shared.contracts import JsonObject, Op, Record, RecordClock, is_hlc
 
 # kv row present while a full resync is under way.
 _RESYNC = "resync"
@@ -76,13 +76,18 @@ class Replica:
         ).fetchone()
         if row is None:
             return None
-        clock = json.loads(row[1])
-        return Record(
-            collection,
-            key,
-            json.loads(row[0]),
-            RecordClock(clock.get("reset", ""), dict(clock.get("fields", {}))),
-        )
+        data, clock = json.loads(row[0]), json.loads(row[1])  # (ValueError if damaged)
+        reset = clock.get("reset", "") if isinstance(clock, dict) else None
+        fields = clock.get("fields", {}) if isinstance(clock, dict) else None
+        if not (
+            isinstance(data, dict)
+            and isinstance(reset, str)
+            and (not reset or is_hlc(reset))
+            and isinstance(fields, dict)
+            and all(is_hlc(stamp) for stamp in fields.values())
+        ):
+            raise ValueError("its data or clock is not of the shape this agent stores")
+        return Record(collection, key, data, RecordClock(reset, dict(fields)))
 
     def view(self, collection: str, key: str, pending: Sequence[Op]) -> Optional[JsonObject]:
         """The local view: the replica with the pending local ops applied, as the server would.

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("device_agent.transport")
 
 DEFAULT_GZIP_THRESHOLD = 8 * 1024
+# A 200 whose body is not JSON: on field networks, most often a captive portal or a proxy
+# answering in the cloud's place (it passes), else an endpoint that is not a FieldSync API.
+NOT_JSON = (
+    "the answer is not JSON: a captive portal or proxy on this network (sign in to it), "
+    "or an endpoint that is not a FieldSync API"
+)
 # Bytes of the batch envelope around the ops: {"batch_id":"<36>","ops":[...]} and commas.
 _ENVELOPE_BYTES = 64
 
@@ -410,7 +416,7 @@ class HttpTransport:
         status = response.status_code
         if status == 200:
             if parsed is None:
-                return ServerError(200, "response body is not JSON", traffic)
+                return ServerError(200, NOT_JSON, traffic)
             return parsed, traffic
         return self._failure(status, parsed, response.headers.get("Retry-After"), traffic)
 

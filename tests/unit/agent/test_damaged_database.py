@@ -245,7 +245,17 @@ def test_a_sync_that_meets_undecodable_op_data_names_the_file(
         assert agent.outbox.depth() == 1  # nothing was lost or half-claimed
 
 
-@pytest.mark.parametrize(("data", "clock"), [("not json", "{}"), ("{}", "[1]")])
+@pytest.mark.parametrize(
+    ("data", "clock"),
+    [
+        ("not json", "{}"),
+        ("{}", "[1]"),
+        ("[1]", "{}"),
+        ("{}", '{"reset": 5}'),
+        ('{"a": 1}', '{"fields": {"a": 1}}'),
+        ('{"a": 1}', '{"fields": {"a": "not a stamp"}}'),
+    ],
+)
 def test_a_damaged_synced_record_names_the_file_and_the_key(
     db: Path, data: str, clock: str
 ) -> None:
