@@ -431,10 +431,9 @@ class HttpTransport:
         if status == 410:
             return CursorExpired(message, traffic)
         if status == 413:
-            # PROTOCOL.md: "413 with the limits in the error body" (details.limits; older
-            # servers put them in details itself).
-            limits_ = details.get("limits")
-            bounds = limits_ if isinstance(limits_, dict) else details
+            # PROTOCOL.md: "413 with the limits in the error body" (details.limits).
+            stated = details.get("limits")
+            bounds = stated if isinstance(stated, dict) else {}
             return TooLarge(
                 message,
                 _int_or_none(bounds.get("max_ops")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -174,6 +175,7 @@ def limits_details(max_ops: int, max_bytes: int) -> dict[str, Any]:
 
 # A chunk-size line (hex size, extensions) or a trailer field is never longer than this.
 _CHUNK_LINE_MAX = 1024
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -217,8 +219,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         """The request body, by Content-Length or chunked, never more than the gateway takes
         (raises Refusal)."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        coding = self.headers.get("Transfer-Encoding", "").strip().lower()
+        if coding == "chunked":
             return self._chunked_body()
+        if coding:
+            raise Refusal(
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"Transfer-Encoding {coding!r} is not supported: send the body plain or "
+                "chunked, compressed with Content-Encoding: gzip if at all",
+            )
         length = self.headers.get("Content-Length")
         size = int(length) if length and length.isascii() and length.isdigit() else 0
         if size > MAX_RAW_BODY_BYTES:
@@ -230,14 +239,12 @@ class _Handler(BaseHTTPRequestHandler):
         total = 0
         while True:
             line = self.rfile.readline(_CHUNK_LINE_MAX)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError as exc:
+            digits = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(digits):
                 raise Refusal(
                     "BAD_REQUEST_BODY", f"malformed chunked body: chunk size line {line[:40]!r}"
-                ) from exc
-            if size < 0:
-                raise Refusal("BAD_REQUEST_BODY", "malformed chunked body: a negative chunk size")
+                )
+            size = int(digits, 16)
             if size == 0:
                 while self.rfile.readline(_CHUNK_LINE_MAX).strip():
                     pass  # trailer fields, ignored
@@ -245,7 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > MAX_RAW_BODY_BYTES:
                 raise self._too_large()
-            parts.append(self.rfile.read(size))
+            part = self.rfile.read(size)
+            if len(part) < size:
+                raise Refusal("BAD_REQUEST_BODY", "malformed chunked body: it ends mid-chunk")
+            parts.append(part)
             self.rfile.readline(_CHUNK_LINE_MAX)  # the CRLF after the chunk
 
     def _too_large(self) -> Refusal:

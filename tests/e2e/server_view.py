@@ -13,10 +13,6 @@ from local.demo import Device
 from shared.conflict import apply_lww, replay
 from shared.contracts import Op
 
-# A pause before the last sync; the feed's fresh tail delivers writes at once, so this is
-# a margin only (the template's CHANGES_SETTLE_MS is 20 s).
-SETTLE_S = 1.6
-
 
 def server_records(endpoint: str, token: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Every record of the token's tenant, by paging /v1/changes to the end. Use the token
@@ -61,14 +57,14 @@ def expected_view(ops: Iterable[Op]) -> dict[tuple[str, str], Optional[dict[str,
 
 
 def sync_until_drained(devices: list[Device], *, timeout_s: float = 120) -> None:
-    """Sync every device until all outboxes are empty, then once more after the feed settles."""
+    """Sync every device until all outboxes are empty, then once more (the feed's fresh tail
+    brings each device the others' last writes at once)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         results = [device.sync() for device in devices]
         if all(r["exit"] == "0" for r in results) and all(
             device.status()["pending"] == 0 for device in devices
         ):
-            time.sleep(SETTLE_S)
             for device in devices:
                 device.sync()
             return

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from local.events import HttpRequest
 from local.functions import LocalFunction
 from local.gateway import Gateway, GatewayConfig
@@ -189,15 +191,25 @@ def test_a_chunked_body_reaches_the_handler_whole() -> None:
     assert json.loads(seen[0]["body"]) == {"a": 1}
 
 
-def test_a_malformed_chunked_body_is_a_400_with_a_json_error() -> None:
+@pytest.mark.parametrize(
+    "chunks", [b"zz\r\n{}\r\n0\r\n\r\n", b"0x2\r\n{}\r\n0\r\n\r\n", b"+2\r\n{}\r\n", b"9\r\n{}"]
+)
+def test_a_malformed_chunked_body_is_a_400_with_a_json_error(chunks: bytes) -> None:
     seen: list[dict[str, Any]] = []
-    request = (
-        b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"zz\r\n{}\r\n0\r\n\r\n"
-    )
+    request = b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
     status, body = _raw_exchange(_gateway(seen), request)
     assert status == 400 and body["error"]["code"] == "bad_request"
     assert "chunk" in body["error"]["message"] and seen == []
+
+
+def test_another_transfer_coding_is_refused_not_read_as_empty() -> None:
+    seen: list[dict[str, Any]] = []
+    request = (
+        b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\n\r\n"
+    )
+    status, body = _raw_exchange(_gateway(seen), request)
+    assert status == 415 and "Transfer-Encoding" in body["error"]["message"] and seen == []
 
 
 def test_a_chunked_body_past_the_limit_is_a_413_before_it_is_read() -> None:
