@@ -51,7 +51,11 @@ else
 	@echo "Python 3.9 not found: skipping the agent tests on 3.9"
 endif
 
-test: lint typecheck sam-build unit test-py39
+# The three virtual environments are installed side by side first (downloads and unpacking,
+# no test runs meanwhile), then the checks run one after another.
+test:
+	$(MAKE) -j3 $(BIN)/.installed $(VENV_SAM)/.installed $(if $(strip $(PYTHON39)),$(VENV39)/.installed)
+	$(MAKE) lint typecheck sam-build unit test-py39
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m local.demo

@@ -383,23 +383,23 @@ def test_the_limits_a_413_states_size_the_next_batches(rig: Rig, server: Protoco
 def test_a_slow_answer_does_not_hold_a_sync_past_its_timeout(
     rig: Rig, server: ProtocolServer
 ) -> None:
-    # Given a cloud that takes 4 s to answer a batch (longer than the 3 s read timeout)
+    # Given a cloud that takes 2 s to answer a batch
     agent = rig.agent()
     op_id = agent.put("prefs", "k", {"n": 1})
-    server.batch_delay_s = 4.0
-    # When the agent syncs with a 1 s timeout
+    server.batch_delay_s = 2.0
+    # When the agent syncs with a half-second timeout
     started = time.monotonic()
-    summary = agent.sync(timeout=1)
+    summary = agent.sync(timeout=0.5)
     elapsed = time.monotonic() - started
     # Then it gives up when its time is up, says so, keeps the op and does not call the
     # link down (the cloud was slow, not unreachable)
-    assert elapsed < 2.0, elapsed
+    assert elapsed < 1.5, elapsed
     assert not summary.synced and summary.stopped_by == "timeout"
     assert agent.outbox.depth() == 1
     assert agent.status()["connectivity"] != "offline"
     # And once the cloud is quick again the op is applied exactly once
     server.batch_delay_s = 0.0
-    time.sleep(3.5)  # the slow request lands meanwhile
+    time.sleep(1.6)  # the slow request lands meanwhile
     assert agent.sync(timeout=10).synced and agent.outbox.depth() == 0
     assert server.applied[op_id] == 1
 
