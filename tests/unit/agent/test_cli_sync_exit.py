@@ -9,9 +9,7 @@ server that gives every request the same answer.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,11 +21,11 @@ import pytest
 from device_agent import Agent
 from device_agent.agent import retry_may_help
 from device_agent.transport import ServerError, Throttled
+from tests.support.agent_cli import sync_agent
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent
 TOKEN = "exit-token"
-REPO = Path(__file__).resolve().parents[3]
 
 
 class SameAnswer:
@@ -84,17 +82,6 @@ def server() -> Iterator[ProtocolServer]:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "device.db"
-
-
-def sync_agent(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "device_agent", "--db", str(db), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-    )
 
 
 def device_with_one_op(db: Path, endpoint: str) -> None:

@@ -9,10 +9,8 @@ Real database files, damaged with sqlite3 as a person or a tool would.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -21,11 +19,11 @@ import pytest
 
 from device_agent import Agent
 from device_agent.errors import DamagedDatabase
+from tests.support.agent_cli import sync_agent
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent
 TOKEN = "damage-token"
-REPO = Path(__file__).resolve().parents[3]
 ENDPOINT = "http://127.0.0.1:9"
 
 
@@ -56,17 +54,6 @@ def kv(path: Path, name: str) -> Optional[str]:
     with sqlite3.connect(path) as conn:
         row = conn.execute("SELECT value FROM kv WHERE name = ?", (name,)).fetchone()
     return None if row is None else str(row[0])
-
-
-def sync_agent(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "device_agent", "--db", str(path), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=30,
-    )
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
