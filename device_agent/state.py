@@ -484,10 +484,7 @@ class AgentState:
         try:
             return json.loads(text)
         except ValueError as exc:
-            what, advice = _ROWS.get(name, (name, DAMAGED_ADVICE))
-            raise self._damaged(
-                f"the kv row {name!r} ({what}) is not valid JSON ({exc})", advice
-            ) from exc
+            raise self._row_damaged(name, f"is not valid JSON ({exc})") from exc
 
     def _get_or_none(self, name: str) -> Any:
         """The stored value, None if there is none or it is not JSON (a value the caller can
@@ -504,12 +501,12 @@ class AgentState:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            what, advice = _ROWS.get(name, (name, DAMAGED_ADVICE))
-            kind = _json_type(value)
-            raise self._damaged(
-                f"the kv row {name!r} ({what}) is a JSON {kind}, not an object", advice
-            )
+            raise self._row_damaged(name, f"is a JSON {_json_type(value)}, not an object")
         return value
+
+    def _row_damaged(self, name: str, problem: str) -> DamagedDatabase:
+        what, advice = _ROWS.get(name, (name, DAMAGED_ADVICE))
+        return self._damaged(f"the kv row {name!r} ({what}) {problem}", advice)
 
     def _location(self) -> str:
         """The database file's path, for messages."""
