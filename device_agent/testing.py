@@ -161,20 +161,22 @@ class FaultTransport:
     # -- Transport -----------------------------------------------------------------------
 
     def health(self) -> HealthOutcome:
-        return cast("HealthOutcome", self._call("health", 0, self.inner.health))
+        return cast("HealthOutcome", self._call("health", 0, self.inner.health, None))
 
     def push(
         self, batch_id: str, ops: Sequence[Op], *, deadline: Optional[float] = None
     ) -> PushOutcome:
         outcome = self._call(
-            "push", len(ops), lambda: self.inner.push(batch_id, ops, deadline=deadline)
+            "push", len(ops), lambda: self.inner.push(batch_id, ops, deadline=deadline), deadline
         )
         return cast("PushOutcome", outcome)
 
     def pull(
         self, after: Optional[str], limit: int, *, deadline: Optional[float] = None
     ) -> PullOutcome:
-        outcome = self._call("pull", 0, lambda: self.inner.pull(after, limit, deadline=deadline))
+        outcome = self._call(
+            "pull", 0, lambda: self.inner.pull(after, limit, deadline=deadline), deadline
+        )
         return cast("PullOutcome", outcome)
 
     def close(self) -> None:
@@ -205,11 +207,20 @@ class FaultTransport:
                 return fault
         return None
 
-    def _call(self, call: str, ops: int, forward: Callable[[], Outcome]) -> Outcome:
+    def _wait(self, seconds: float, deadline: Optional[float]) -> bool:
+        """Sleep `seconds`, or only until `deadline` (a time.monotonic() reading, as the real
+        transport takes it); whether the whole wait fitted."""
+        left = seconds if deadline is None else min(seconds, deadline - time.monotonic())
+        self._sleep(max(0.0, left))
+        return left >= seconds
+
+    def _call(
+        self, call: str, ops: int, forward: Callable[[], Outcome], deadline: Optional[float]
+    ) -> Outcome:
         with self._lock:
             latency = self._latency
-        if latency:
-            self._sleep(latency)
+        if latency and not self._wait(latency, deadline):
+            return self._record(call, ops, Unreachable(_NO_TIME_LEFT), injected=True)
         with self._lock:
             now = self._clock()
             down = self._down(now)
@@ -221,15 +232,24 @@ class FaultTransport:
             forward()  # the server applies it; the device never hears back
             injected = fault.outcome
         elif fault is not None:
-            if fault.kind == "timeout":
-                self._sleep(fault.hang_s)
-            injected = fault.outcome or Unreachable("connection refused (injected)")
+            if fault.kind == "timeout" and not self._wait(fault.hang_s, deadline):
+                injected = Unreachable(_NO_TIME_LEFT)
+            else:
+                injected = fault.outcome or Unreachable("connection refused (injected)")
         outcome = injected if injected is not None else forward()
+        return self._record(call, ops, outcome, injected=injected is not None, at=now)
+
+    def _record(
+        self, call: str, ops: int, outcome: Outcome, *, injected: bool, at: Optional[float] = None
+    ) -> Outcome:
         with self._lock:
-            self.attempts.append(
-                Attempt(now, call, type(outcome).__name__, injected is not None, ops)
-            )
+            when = self._clock() if at is None else at
+            self.attempts.append(Attempt(when, call, type(outcome).__name__, injected, ops))
         return outcome
+
+
+# What a call cut at its deadline answers, as the real transport does.
+_NO_TIME_LEFT = "no time left for the request (injected latency or hang cut at the deadline)"
 
 
 def _calls(calls: Sequence[str]) -> frozenset[str]:

@@ -100,6 +100,21 @@ def test_latency_and_timeouts_take_time_before_answering(
     assert clock.now == pytest.approx(4.0)
 
 
+def test_an_injected_hang_or_latency_ends_at_the_calls_deadline(
+    faulty: FaultTransport, clock: FakeClock
+) -> None:
+    # As the real transport does: a call waits no longer than the deadline it is given
+    faulty.time_out_next(1, after_s=30.0)
+    hung = faulty.push(new_batch_id(), [op(1)], deadline=time.monotonic() + 2.0)
+    assert isinstance(hung, Unreachable) and "no time left" in hung.reason
+    assert clock.now == pytest.approx(2.0, abs=0.1)
+    faulty.add_latency(5.0)
+    slow = faulty.pull(None, 10, deadline=time.monotonic() + 1.0)
+    assert isinstance(slow, Unreachable) and "no time left" in slow.reason
+    assert clock.now == pytest.approx(3.0, abs=0.1)
+    assert [a.call for a in faulty.attempts] == ["push", "pull"]
+
+
 def test_throttling_answers_with_retry_after(faulty: FaultTransport) -> None:
     faulty.throttle_next(1, status=503, retry_after=4.0)
     outcome = faulty.push(new_batch_id(), [op(1)])
