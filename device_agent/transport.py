@@ -16,6 +16,7 @@ import email.utils
 import gzip
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -381,6 +382,10 @@ class HttpTransport:
         sent = len(body) if body is not None else 0
         started = time.monotonic()
         import requests
+        from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+        # (math.inf, no time limit: read the answer whole, as without a deadline)
+        until = deadline if deadline is not None and math.isfinite(deadline) else None
 
         try:
             response = self._session.request(
@@ -390,14 +395,16 @@ class HttpTransport:
                 params=params,
                 headers=headers,
                 timeout=(connect_s, read_s),
-                stream=deadline is not None,
+                stream=until is not None,
             )
-            raw = response.content if deadline is None else _body_by(response, deadline)
+            raw = response.content if until is None else _body_by(response, until)
         except _OutOfTime:
             return Unreachable("no time left to read the answer", Traffic(sent, 0))
-        except requests.Timeout as exc:
+        except (requests.Timeout, ReadTimeoutError) as exc:
             return Unreachable(f"timed out: {type(exc).__name__}", Traffic(sent, 0))
-        except requests.RequestException as exc:
+        except (requests.RequestException, HTTPError) as exc:
+            # (urllib3's own errors: _body_by reads the raw stream, which requests does not
+            # translate)
             return Unreachable(f"connection failed: {type(exc).__name__}", Traffic(sent, 0))
         traffic = Traffic(sent, len(raw))
         log.debug(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -276,3 +277,51 @@ def test_an_answer_trickling_in_past_the_deadline_is_given_up_on() -> None:
     # Every byte came within the read timeout, yet the call ends at its deadline
     assert isinstance(outcome, Unreachable) and "no time left" in outcome.reason
     assert elapsed < 2.0, elapsed
+
+
+def _broken_answer_server(mode: str) -> tuple[socket.socket, int]:
+    """A server that starts a 200 answer, then breaks it (`mode`): reset, short, badgzip."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    body = json.dumps({"changes": [], "cursor": "c", "has_more": False, "pad": "x" * 1000})
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                if mode == "badgzip":
+                    conn.sendall(
+                        f"{head}Content-Encoding: gzip\r\nContent-Length: 20\r\n\r\n".encode()
+                        + b"\x1f\x8bnot gzip at all 1234"[:20]
+                    )
+                    continue
+                conn.sendall(
+                    f"{head}Content-Length: {len(body) + 100}\r\n\r\n".encode()
+                    + body[:500].encode()
+                )
+                if mode == "reset":
+                    time.sleep(0.1)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["reset", "short", "badgzip"])
+def test_an_answer_broken_midway_is_unreachable_not_an_exception(mode: str) -> None:
+    listener, port = _broken_answer_server(mode)
+    try:
+        client = HttpTransport(f"http://127.0.0.1:{port}", TOKEN, read_timeout=2.0)
+        for deadline in (time.monotonic() + 10.0, None):
+            outcome = client.pull(None, 10, deadline=deadline)
+            assert isinstance(outcome, Unreachable), (deadline, outcome)
+    finally:
+        listener.close()
