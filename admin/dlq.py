@@ -21,6 +21,7 @@ from typing import Any, Optional
 from admin.errors import AdminError
 
 _PEEK_VISIBILITY_S = 30
+_MAX_VISIBILITY_S = 43_200  # SQS refuses more (12 hours)
 _MAX_MESSAGES = 10_000
 # Receives in a row that bring only messages already seen, after which listing stops (each
 # hides them again, so the next ones reach the others).
@@ -167,7 +168,7 @@ class DeadLetterQueue:
                 MaxNumberOfMessages=10,  # (also hides as many of those that come again)
                 # Longer each time messages come again: those keep coming first, and would
                 # otherwise crowd out the ones not received yet.
-                VisibilityTimeout=_PEEK_VISIBILITY_S * (1 + again),
+                VisibilityTimeout=min(_PEEK_VISIBILITY_S * (1 + again), _MAX_VISIBILITY_S),
                 WaitTimeSeconds=1,
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],

@@ -139,6 +139,9 @@ def read_changes(
             "(omit `after`)",
             details={"retention_days": settings.tombstone_retention_days},
         )
+    # A snapshot (a resync) sends every record, the reader's own too: the device keeps only
+    # what it is sent (Replica.finish_resync).
+    snapshot = since is not None
     horizon_ms = now - settings.changes_settle_ms
     # A stamp sorts below this key exactly when its physical part is before the horizon.
     horizon_key = f"{horizon_ms:0{_STAMP_DIGITS}d}"
@@ -148,7 +151,7 @@ def read_changes(
     has_more = False
     for entry in feed(principal.tenant_id, after=position, before=_END, collection=collection):
         fresh = entry.changed_at >= horizon_key
-        if fresh and _written_only_by(entry.record, principal.device_id):
+        if fresh and not snapshot and _written_only_by(entry.record, principal.device_id):
             continue  # only the caller's own writes: it has them (they come once settled)
         if len(changes) < limit:
             cost = response_size(entry.record.to_wire())
