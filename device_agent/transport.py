@@ -418,7 +418,7 @@ class HttpTransport:
         )
         try:
             parsed: Any = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # (not JSON, or nested past the parser)
             parsed = None
         status = response.status_code
         if status == 200:

@@ -164,8 +164,10 @@ def read_changes(
                 continue
         # The page is full, by count or by bytes. More follow if this record is settled; if
         # it is in the fresh tail, the settled feed is drained and the cursor goes to the
-        # horizon, which this record is not before: a later sync delivers it.
-        has_more = not fresh
+        # horizon, which this record is not before: a later sync delivers it. A snapshot
+        # (a resync, which keeps only what it is sent) goes on to a page for the fresh tail,
+        # if this page moved the cursor: so paging always moves on.
+        has_more = not fresh or (snapshot and last != position)
         break
     if not has_more:
         # Drained up to the horizon: later writes all stamp at or after it. The changes

@@ -119,17 +119,35 @@ def test_a_devices_own_fresh_write_is_left_out_of_its_tail(
     assert [c["key"] for c in settled.body["changes"]] == ["mine"]
 
 
+def test_a_snapshot_whose_settled_records_fill_its_last_page_still_sends_the_fresh_tail(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two settled records of another device, then a fresh write of pi-7's own
+    monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
+    other = Device(READER)
+    cloud.post_batch([other.op("put", f"k{n}", {"n": n}) for n in range(2)], device=READER)
+    time.sleep(1.05)
+    cloud.post_batch([Device("pi-7").op("put", "mine", {"v": 1})], device="pi-7")
+    # When pi-7 resyncs (a snapshot) in pages of two, which the settled records fill exactly
+    changes, _, pages = page_all(cloud, limit=2, device="pi-7")
+    # Then the snapshot goes on to a page with the fresh tail: a resync keeps only what it
+    # is sent, so leaving "mine" out would drop it from pi-7's local view
+    assert sorted(c["key"] for c in changes) == ["k0", "k1", "mine"] and pages == 2
+
+
 def test_a_full_page_of_settled_changes_leaves_the_fresh_ones_for_later(
     cloud: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given two settled writes, then a fresh one inside a one-second settle window
+    # Given a reader past a drained feed, two settled writes, then a fresh one inside a
+    # one-second settle window
     monkeypatch.setenv("CHANGES_SETTLE_MS", "1000")
+    _, drained, _ = page_all(cloud, device=READER)
     device = Device()
     cloud.post_batch([device.op("put", "old-1", {"v": 1}), device.op("put", "old-2", {"v": 1})])
     time.sleep(1.05)
     cloud.post_batch([device.op("put", "fresh", {"v": 1})])
-    # When pages of two are read from the start
-    first = cloud.changes(limit=2, device=READER)
+    # When pages of two are read from its cursor (not a snapshot)
+    first = cloud.changes(after=drained, limit=2, device=READER)
     second = cloud.changes(after=first.body["cursor"], limit=2, device=READER)
     # Then the settled ones fill the first page, which ends the settled feed (has_more is
     # false: only a fresh change is left), and the fresh one comes on the next read

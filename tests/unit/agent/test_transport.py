@@ -297,6 +297,10 @@ def _broken_answer_server(mode: str) -> tuple[socket.socket, int]:
                 while b"\r\n\r\n" not in request:
                     request += conn.recv(65536)
                 head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                if mode == "deep":  # JSON nested past the parser (a broken proxy)
+                    deep = b"[" * 200_000
+                    conn.sendall(f"{head}Content-Length: {len(deep)}\r\n\r\n".encode() + deep)
+                    continue
                 if mode == "badgzip":
                     conn.sendall(
                         f"{head}Content-Encoding: gzip\r\nContent-Length: 20\r\n\r\n".encode()
@@ -315,13 +319,14 @@ def _broken_answer_server(mode: str) -> tuple[socket.socket, int]:
     return listener, listener.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["reset", "short", "badgzip"])
-def test_an_answer_broken_midway_is_unreachable_not_an_exception(mode: str) -> None:
+@pytest.mark.parametrize("mode", ["reset", "short", "badgzip", "deep"])
+def test_an_answer_broken_midway_is_an_outcome_not_an_exception(mode: str) -> None:
     listener, port = _broken_answer_server(mode)
     try:
         client = HttpTransport(f"http://127.0.0.1:{port}", TOKEN, read_timeout=2.0)
         for deadline in (time.monotonic() + 10.0, None):
             outcome = client.pull(None, 10, deadline=deadline)
-            assert isinstance(outcome, Unreachable), (deadline, outcome)
+            expected = ServerError if mode == "deep" else Unreachable
+            assert isinstance(outcome, expected), (deadline, outcome)
     finally:
         listener.close()
