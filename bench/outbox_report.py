@@ -35,34 +35,33 @@ ANALYSIS = """\
 Where the time goes (statement timings with `perf_counter_ns` and cProfile, and the
 "statements alone" and "raw sqlite3 + the outbox's Python" subjects of this run, on this
 machine; see the goals table for which goals this run met). The outbox tables are those of
-schema version 6 (`device_agent/db.py`, described in `docs/architecture.md`; version 6 adds
-the table of ops a coalesced write replaced, written only when one is): the table's
+schema version 7 (`device_agent/db.py`, described in `docs/architecture.md`; version 7 adds
+the intake, where single writes wait to be placed): the table's
 seq order is the claim order, ops by key live in `outbox_keys` (rows added by a trigger,
 left stale by acks), the totals are updated once per statement, and the outbox has no op id
 index (delivery carries the ids of ops handed out).
 
-- **Durable single enqueue.** A write on a key with no pending op is one autocommit
-  statement (version 5): an `INSERT` into the view `outbox_new_key`, whose trigger checks
-  that no other connection has committed since this one's copies of the totals and the
-  clock were read (`PRAGMA data_version`) and that the key has no op, then stores the op
-  (another trigger adds its key row) and updates its priority's totals row: three pages,
-  where the baseline writes one. Version 4 ran six statements in a `BEGIN IMMEDIATE`
-  transaction; interleaved with the baseline by hand (2026-11-25, 10,000-20,000 writes),
-  version 5 took the ratio from 0.63-0.65x to 0.69-0.74x, and 0.80x on one run of 5,000.
-  Two costs remain, and this run measures each on its own. The *statements alone* subject
-  runs that one statement with precomputed values: the ceiling of this layout. The *raw
-  sqlite3 + the outbox's Python* subject runs the baseline's own write with the outbox's
-  Python in front of it (validation and encoding, the HLC stamp, the op id, the `Op`):
-  the ceiling of any storage layout under that Python. That Python costs ~10 us warm, but
-  it runs after every fsync on cold caches, where it costs several times more; by hand it
-  took the baseline to 0.79-0.88x in different runs. Each cost alone leaves the ratio
-  near 0.8x, and together they add up. Other layouts measured by hand: the one statement
-  without the totals update (two pages) ~0.77x, and with no key row either (one page)
-  ~0.79x; an append-only journal file (one `pwrite` and `fdatasync` a write, no SQLite)
-  matches the baseline bare (1.02x) but reaches only ~0.71x with the same validation in
-  front. So on this machine no storage layout meets 0.8x reliably while a correct write's
-  Python runs cold after each fsync. On a device whose fsync takes milliseconds (an SD
-  card) the same overhead is a few percent.
+- **Durable single enqueue.** A write is one row appended to the intake (schema version 7) in
+  a `BEGIN IMMEDIATE` transaction: the data version read once (the connection's copies of
+  the totals and the clock are kept while no other connection commits), the insert, the
+  commit with its fsync. One page, as the baseline writes. The intake is placed in the
+  outbox every 100 writes (or by the next claim), by copying its rows in one statement
+  when nothing on their keys is pending: ~7 us per op on tmpfs, paid without an fsync of
+  its own. Versions 5 and 6 wrote three pages per write (op row, key row, totals row) in
+  one autocommit statement. Interleaved by hand with version 6 (2026-11-25, three pairs of
+  10,000 writes), version 7 measured 0.70-0.78x (mean 0.74) where version 6 measured
+  0.70-0.74x (mean 0.71); its *statements alone* subject (the four statements with
+  precomputed values: the ceiling of this layout) 0.90-0.99x where version 6's one
+  statement measured 0.85-0.88x. What is left is Python: the *raw sqlite3 + the outbox's
+  Python* subject runs the baseline's own write with the outbox's Python in front of it
+  (validation and encoding, the HLC stamp, the op id, the `Op`), and measures 0.76-0.93x
+  in different runs. That Python costs ~15 us warm, but it runs after every fsync on cold
+  caches, where it costs several times more (on tmpfs, where fsync is free, the same loop
+  spends 54 us per write against the baseline's 20). Stripping the transaction helper and
+  the cache checks from `record` by hand gained nothing measurable (0.69-0.76x). So on this
+  machine no storage layout meets 0.8x reliably while a correct write's Python runs cold
+  after each fsync. On a device whose fsync takes milliseconds (an SD card) the same
+  overhead is a few percent.
 - **Batched enqueue** is CPU-bound at ~16 us per op (cProfile, 1,000-op batches): ~6 us in
   SQLite (the insert with its key row, ~4.8 us with its share of the commit; the coalescing
   lookup, one statement per collection, ~1.2 us) and ~10 us of Python (validation and the

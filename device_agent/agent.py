@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, cast
 from urllib.parse import urlsplit
 
 from device_agent.backoff import ExponentialBackoff, RetryPolicy
-from device_agent.db import database_error, is_unusable, open_database
+from device_agent.db import database_error, is_unusable, open_database, transaction
 from device_agent.errors import DamagedDatabase, DatabaseError, NotConfigured
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
@@ -235,13 +235,18 @@ class Agent:
         conn = open_database(path)
         try:
             # Before the Agent reads them: this is also how damaged settings are repaired.
-            AgentState(conn).update_settings(
-                endpoint=endpoint,
-                token=token,
-                device_id=device_id,
-                max_ops=max_ops,
-                max_bytes=max_bytes,
-            )
+            # A new device id resets the clock's node, which the intake's stamps must not
+            # outweigh (AgentState._forget_recorded): placed in the same transaction.
+            with transaction(conn):
+                state = AgentState(conn)
+                Outbox(conn, state, recover=False).place_intake()
+                state.update_settings(
+                    endpoint=endpoint,
+                    token=token,
+                    device_id=device_id,
+                    max_ops=max_ops,
+                    max_bytes=max_bytes,
+                )
             agent = cls(path, conn, **options)
         except BaseException:
             conn.close()

@@ -45,16 +45,7 @@ class DeviceConnection(sqlite3.Connection):
     # the level in force now (see _Transaction._set_level).
     synchronous_level: Optional[int] = None
     synchronous_now: Optional[int] = None
-    # Whether a lone write on a new key may run as one statement (Outbox.record): its
-    # trigger reads the pragma_data_version table, which SQLite refuses in a trigger where
-    # the schema is not trusted (PRAGMA trusted_schema = OFF, a hardening some builds default
-    # to); such a connection takes the general path for every write.
-    lone_writes: bool = False
 
-
-# The message of outbox_new_key's refusal (schema version 5, below): the write then takes the
-# general path.
-NEW_KEY_REFUSED = "fieldsync: not a lone write on a new key"
 
 # Each entry migrates the schema from version N to N + 1 (PRAGMA user_version holds N). Never
 # edit a released entry: append a new one.
@@ -327,6 +318,30 @@ MIGRATIONS: list[list[str]] = [
              PRIMARY KEY (by_seq, op_id)
            ) WITHOUT ROWID""",
     ],
+    [
+        # Version 7: a write is recorded by appending it to the intake, one row in a table
+        # of its own (one page per commit, as a bare queue writes), instead of placing it at
+        # once (outbox row, key row, totals row: three pages, and the statements to find
+        # them). Intake rows are placed in order, coalesced as `record_many` would, at the
+        # start of the outbox's next write transaction (a claim, a batch, an ack) or once the
+        # intake holds INTAKE_PLACED_AT of them: recorded durably already, they need no
+        # fsync of their own to be placed. Readers of pending ops read the intake too. The
+        # version 5 statement this replaces goes.
+        "DROP TRIGGER outbox_new_key_insert",
+        "DROP VIEW outbox_new_key",
+        """CREATE TABLE outbox_intake (
+             n           INTEGER PRIMARY KEY,
+             op_id       TEXT NOT NULL,
+             collection  TEXT NOT NULL,
+             key         TEXT NOT NULL,
+             kind        TEXT NOT NULL,
+             hlc         TEXT NOT NULL,
+             data        TEXT,
+             priority    INTEGER NOT NULL,
+             size        INTEGER NOT NULL,
+             enqueued_at REAL NOT NULL
+           )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables every version of the schema has: a file with user_version > 0 but without them
@@ -386,7 +401,6 @@ def open_database(
         conn.synchronous_level = conn.synchronous_now = SYNCHRONOUS_MODES.index(mode)
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, location)
-        conn.lone_writes = _schema_trusted(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise database_error(exc, location) from exc
@@ -423,13 +437,6 @@ def _check_ownership(conn: sqlite3.Connection, location: str, *, create: bool) -
         "another --db path",
         path=location,
     )
-
-
-def _schema_trusted(conn: sqlite3.Connection) -> bool:
-    """Whether the schema's triggers may read table-valued pragmas (SQLite before 3.31 has no
-    such setting: they always may)."""
-    row = conn.execute("PRAGMA trusted_schema").fetchone()
-    return row is None or bool(row[0])
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

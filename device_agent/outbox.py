@@ -18,13 +18,9 @@ from dataclasses import replace
 from typing import Any, Callable, NoReturn, Optional, Union
 
 from device_agent.db import (
-    NEW_KEY_REFUSED,
     DeviceConnection,
     caches_usable,
     data_version,
-    database_error,
-    database_path,
-    is_unusable,
     transaction,
 )
 from device_agent.errors import NotFound, OutboxFull
@@ -51,12 +47,22 @@ from device_agent.outbox_sql import (
     FORGET_STALE_KEYS,
     FORGET_STALE_REPLACED,
     GROW,
+    INTAKE,
+    INTAKE_BRIEF,
+    INTAKE_BY_ID,
+    INTAKE_BY_KEY,
+    INTAKE_BY_PRIORITY,
+    INTAKE_MEETS_PENDING,
+    INTAKE_OLDEST,
+    INTAKE_ROWS,
+    INTAKE_TOTALS,
     KEPT_TO_RESTAMP,
     LEASE,
     MARK_HANDED_OUT,
     NO_STALE_KEYS,
     OLDEST,
-    RECORD_ON_NEW_KEY,
+    PLACE_ALL_FROM_INTAKE,
+    PLACE_FROM_INTAKE,
     RELEASE,
     RELEASE_UNATTEMPTED,
     REMOVE,
@@ -74,10 +80,8 @@ from device_agent.outbox_sql import (
 from device_agent.outbox_write import (
     INSERT,
     Growth,
-    insert_op,
     new_op_id,
     new_op_ids,
-    rows_on_key,
     store_ops,
 )
 from device_agent.state import AgentState
@@ -85,8 +89,9 @@ from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority
 
 # DELETE ... RETURNING (SQLite 3.35) removes ops and reports their totals in one statement.
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-# Keys this Outbox wrote last, whose next write skips the one-statement attempt (_written).
-RECENT_KEYS_KEPT = 256
+# Recorded writes wait in the intake (db.MIGRATIONS, version 7) until the outbox's next write
+# transaction places them, or until this many wait: readers of a key's ops scan it.
+INTAKE_PLACED_AT = 100
 # Stale outbox_keys rows are swept once there are more than this many (and more than live
 # ops): see Outbox._remove.
 SWEEP_STALE_KEYS_ABOVE = 1_000
@@ -132,7 +137,6 @@ class Outbox:
         self.max_bytes = max_bytes
         self._now = now
         self._owner = f"pid:{os.getpid()}"
-        self._recent_keys: dict[tuple[str, str], None] = {}  # oldest first (_written)
         if recover:
             self.recover_leases()
 
@@ -146,104 +150,98 @@ class Outbox:
         data: Optional[JsonObject] = None,
         priority: Union[Priority, int, str] = Priority.NORMAL,
     ) -> Op:
-        """Durably record one write and return the op as it now stands in the outbox.
+        """Durably record one write and return the op.
 
-        Validated first (ContractError, nothing stored), then stamped and stored in one
-        transaction. A write may replace the newest op on its key if that one was never
-        handed out and the pair has exactly the new op's effect (`outbox_write.coalesce`):
-        the returned op then takes the place and the more urgent priority of the one it
-        replaced. Raises OutboxFull when a bound would be passed.
+        Validated first (ContractError, nothing stored), then stamped and appended to the
+        intake in one transaction: one row, as a bare queue writes. The outbox's next write
+        transaction places it (`place_intake`), coalescing it with the ops on its key as
+        `record_many` would. Near a bound the write is placed at once, so OutboxFull is
+        raised exactly when storing it would pass the bound.
         """
         draft = draft_write(
             collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
         )
         now = self._now()
-        where = (draft.collection, draft.key)
-        recent = self._recent_keys
-        if where not in recent:
-            lone = self._record_on_new_key(draft, now)
-            if lone is not None:
-                self._written(where)
-                return lone
-        conn = self._conn
-        with transaction(conn):
-            stamp = self._state.stamp_unsaved()
-            on_key = rows_on_key(conn, draft.collection, draft.key)
-            if on_key:  # the key has ops (or stale rows): the general path, which may replace
-                op = self._store([draft], [stamp], now, on_key)[0]
-            else:  # a key with no op pending, kept to the statements it needs
-                op = draft.op(new_op_id(), stamp)
-                self._insert_new(op, draft.text, draft.size, now)
-        self._written(where)
+        with transaction(self._conn):
+            totals = self._totals()
+            if (
+                totals.intake_ops + 1 >= INTAKE_PLACED_AT
+                or totals.ops + totals.intake_ops >= self.max_ops
+                or totals.size + totals.intake_size + draft.size > self.max_bytes
+            ):
+                # Placed now, after the intake: coalescing may keep it within the bounds.
+                self.place_intake()
+                return self._store([draft], [self._state.stamp_unsaved()], now)[0]
+            # The intake row persists the stamp too (AgentState._last_recorded).
+            op = draft.op(new_op_id(), self._state.stamp_unsaved())
+            self._conn.execute(
+                INTAKE,
+                {
+                    "op_id": op.op_id,
+                    "collection": op.collection,
+                    "key": op.key,
+                    "kind": op.kind.value,
+                    "hlc": op.hlc,
+                    "data": draft.text,
+                    "priority": int(op.priority),
+                    "size": draft.size,
+                    "enqueued_at": now,
+                },
+            )
+            totals.intake_ops += 1
+            totals.intake_size += draft.size
+            self._track([])  # (drops the connection's copy where it cannot follow)
         return op
 
-    def _written(self, where: tuple[str, str]) -> None:
-        """Remember a key just written: another write on it soon (a document saved again and
-        again) likely finds its op pending, so it goes straight to the general path rather
-        than having its one-statement attempt refused first."""
-        recent = self._recent_keys
-        recent.pop(where, None)
-        recent[where] = None
-        if len(recent) > RECENT_KEYS_KEPT:
-            del recent[next(iter(recent))]
+    def place_intake(self) -> None:
+        """Place the recorded writes waiting in the intake in the outbox, in the order they
+        were recorded, coalesced as `record_many` would (one transaction; durable already,
+        they need no fsync to move). Not checked against the bounds: `record` did that."""
+        if not self._totals().intake_ops:
+            return  # (without a transaction: the usual case, for every claim)
+        with transaction(self._conn, durable=False):
+            totals = self._totals()  # (another process may have placed them meanwhile)
+            if not totals.intake_ops:
+                return
+            brief = self._conn.execute(INTAKE_BRIEF).fetchall()
+            if (
+                len({(row[1], row[2]) for row in brief}) == len(brief)
+                and not (self._conn.execute(INTAKE_MEETS_PENDING).fetchone()[0])
+            ):
+                growth = self._copy_intake(brief, dict(totals.next_seqs))
+            else:  # writes to coalesce: as record_many would store them
+                rows = self._conn.execute(INTAKE_ROWS).fetchall()
+                _, growth = store_ops(
+                    self._conn,
+                    [op_from_row(row[:7]) for row in rows],
+                    self._now(),
+                    dict(totals.next_seqs),
+                    [(row[5], row[7]) for row in rows],
+                    recorded_at=[row[8] for row in rows],
+                )
+            self._conn.execute("DELETE FROM outbox_intake")
+            totals.intake_ops = totals.intake_size = 0
+            self._apply(growth, max(row[5] for row in brief))
 
-    def _record_on_new_key(self, draft: Draft, now: float) -> Optional[Op]:
-        """The write as one autocommit statement, if the connection's copies of the totals
-        and the clock are current and the key turns out to have no pending op (the database
-        checks both: db.MIGRATIONS, version 5); None if the general path must decide."""
-        conn = self._conn
-        cached = getattr(conn, "totals", None)
-        if cached is None or not getattr(conn, "lone_writes", False) or conn.in_transaction:
-            return None
-        if conn.synchronous_now != conn.synchronous_level:  # type: ignore[attr-defined]
-            return None  # relaxed by a claim or an ack: the general path makes it durable
-        version, totals = cached
-        if totals.ops >= self.max_ops or totals.size + draft.size > self.max_bytes:
-            return None  # refused by the general path, with the totals read again
-        stamp = self._state.stamp_if_current(version)
-        if stamp is None:
-            return None
-        op = draft.op(new_op_id(), stamp)
-        priority = int(op.priority)
-        row = {
-            "op_id": op.op_id,
-            "collection": op.collection,
-            "key": op.key,
-            "kind": op.kind.value,
-            "hlc": stamp,
-            "data": draft.text,
-            "priority": priority,
-            "size": draft.size,
-            "enqueued_at": now,
-            "data_version": version,
-        }
-        try:
-            conn.execute(RECORD_ON_NEW_KEY, row)
-        except sqlite3.IntegrityError as exc:
-            if str(exc) != NEW_KEY_REFUSED:
-                raise
-            return None
-        except sqlite3.Error as exc:
-            conn.clock = conn.totals = None  # type: ignore[attr-defined]  # as a rollback does
-            if is_unusable(exc):
-                raise database_error(exc, database_path(conn)) from exc
-            raise
-        totals.grow(priority, [1, draft.size, 1, 0])
-        return op
-
-    def _insert_new(self, op: Op, data: Optional[str], size: int, now: float) -> None:
-        """Store a new op on a key with no outbox_keys row, and count it in the totals."""
-        totals = self._totals()
-        if totals.ops >= self.max_ops or totals.size + size > self.max_bytes:
-            self._refuse(totals)
-        priority = int(op.priority)
-        seq = totals.next_seqs[priority]
-        insert_op(self._conn, op, seq, (data, size), now)
-        self._conn.execute(
-            GROW,
-            {"ops": 1, "bytes": size, "seqs": 1, "stale": 0, "hlc": op.hlc, "priority": priority},
-        )
-        self._track([(priority, [1, size, 1, 0])])
+    def _copy_intake(self, brief: list[Any], next_seqs: dict[int, int]) -> Growth:
+        """Place intake rows on keys with no pending op, none twice (nothing to coalesce):
+        copied row by row in SQL at the next seqs of their priorities, never decoded."""
+        growth = Growth()
+        for _, _, _, priority, size, _ in brief:
+            growth.add(priority, 1, size, 1)
+        first = brief[0][0]
+        if len(growth) == 1 and brief[-1][0] - first == len(brief) - 1:
+            # One priority, rows numbered without gaps (the usual case): one statement.
+            [priority] = growth
+            shift = next_seqs[priority] - first
+            self._conn.execute(PLACE_ALL_FROM_INTAKE, {"shift": shift})
+            return growth
+        moves = []
+        for n, _, _, priority, _, _ in brief:
+            moves.append({"seq": next_seqs[priority], "n": n})
+            next_seqs[priority] += 1
+        self._conn.executemany(PLACE_FROM_INTAKE, moves)  # (a trigger adds the key rows)
+        return growth
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
         """Record several writes in one transaction: all of them are stored, or none.
@@ -260,6 +258,7 @@ class Outbox:
         drafts = [prepare_write(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
+            self.place_intake()  # (recorded before these: placed before them)
             # The last stamp is persisted with the totals (_apply), not as a write of its own.
             stamps = self._state.stamp_many(len(drafts), persist=False)
             return self._store(drafts, stamps, now)
@@ -273,7 +272,6 @@ class Outbox:
         drafts: list[Draft],
         stamps: list[str],
         now: float,
-        on_keys: Optional[list[Any]] = None,
     ) -> list[Op]:
         """Store stamped drafts in the open transaction (outbox_write.store_ops)."""
         ops = [d.op(op_id, hlc) for d, op_id, hlc in zip(drafts, new_op_ids(len(drafts)), stamps)]
@@ -284,15 +282,15 @@ class Outbox:
             now,
             dict(totals.next_seqs),
             [(d.text, d.size) for d in drafts],
-            on_keys=on_keys,
         )
         self._check_bounds(totals, growth)
         self._apply(growth, stamps[-1])
         return stored
 
     def _totals(self) -> _Totals:
-        """outbox_totals summed. A DeviceConnection keeps them between transactions, valid
-        while no other connection has committed (data_version) and updated by `_apply`."""
+        """outbox_totals summed, and the intake counted. A DeviceConnection keeps them between
+        transactions, valid while no other connection has committed (data_version) and
+        updated by this connection's own changes."""
         conn = self._conn
         version = data_version(conn) if caches_usable(conn) else None
         cached = getattr(conn, "totals", None)
@@ -306,6 +304,7 @@ class Outbox:
             stale += stale_keys
             next_seqs[priority] = next_seq
         totals = _Totals(ops, size, next_seqs, stale)
+        totals.intake_ops, totals.intake_size = conn.execute(INTAKE_TOTALS).fetchone()
         if version is not None:
             conn.totals = (version, totals)  # type: ignore[attr-defined]
         return totals
@@ -378,6 +377,7 @@ class Outbox:
             return []
         at = self._now() if now is None else now
         with transaction(self._conn, durable=False):
+            self.place_intake()
             candidates = self._conn.execute(CANDIDATES, {"now": at, "limit": limit}).fetchall()
             rows: list[Any] = []
             total = 0
@@ -406,6 +406,7 @@ class Outbox:
         ids = list(dict.fromkeys(op_ids))
         removed = 0
         with transaction(self._conn, durable=False):
+            self.place_intake()  # (a direct caller may ack an op never claimed)
             for start in range(0, len(ids), CHUNK):
                 removed += self._remove_ids(ids[start : start + CHUNK])
         return removed
@@ -535,6 +536,7 @@ class Outbox:
         """
         ids = list(dict.fromkeys(op_ids))
         with transaction(self._conn):
+            self.place_intake()
             seqs = [
                 seq
                 for start in range(0, len(ids), CHUNK)
@@ -578,6 +580,7 @@ class Outbox:
         """Move an op the cloud rejected permanently out of the queue, keeping the reason."""
         reason = code.value if isinstance(code, ErrorCode) else str(code)
         with transaction(self._conn):
+            self.place_intake()  # (an op never claimed may still wait there)
             seq = self._seq(
                 op_id, f"op {op_id} is not in the outbox (already acked or quarantined?)"
             )
@@ -640,6 +643,7 @@ class Outbox:
         coalescing, since newer writes on its key may already have been sent.
         """
         with transaction(self._conn):
+            self.place_intake()  # (recorded before it is put back: placed before it)
             row = self._conn.execute(
                 "SELECT priority, size FROM quarantine WHERE op_id = :op_id",
                 {"op_id": op_id},
@@ -676,12 +680,12 @@ class Outbox:
     # --- reading ---------------------------------------------------------------------------
 
     def pending_for(self, collection: str, key: str) -> list[Op]:
-        """Every op on the key still in the outbox (pending or in flight), in HLC order."""
-        rows = self._conn.execute(
-            BY_KEY,
-            {"collection": collection, "key": key},
-        ).fetchall()
-        return [pending_from_row(row).op for row in rows]
+        """Every op on the key still in the outbox (pending, in flight or in the intake), in
+        HLC order."""
+        where = {"collection": collection, "key": key}
+        rows = self._conn.execute(BY_KEY, where).fetchall()
+        rows += self._conn.execute(INTAKE_BY_KEY, where).fetchall()
+        return sorted((pending_from_row(row).op for row in rows), key=lambda op: op.hlc)
 
     def get(self, op_id: str) -> PendingOp:
         """The op with this id; NotFound if it is not in the outbox.
@@ -689,27 +693,35 @@ class Outbox:
         Finding an op never handed out scans the outbox (it has no op_id index): fine for
         tools and tests, not for a loop over a large backlog.
         """
-        seq = self._seq(op_id, f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
-        return self._pending_at(seq)
+        seq = self._seqs([op_id]).get(op_id)
+        if seq is not None:
+            return self._pending_at(seq)
+        row = self._conn.execute(INTAKE_BY_ID, {"op_id": op_id}).fetchone()
+        if row is None:
+            raise NotFound(f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
+        return pending_from_row(row)
 
     def _pending_at(self, seq: int) -> PendingOp:
         return pending_from_row(self._conn.execute(BY_SEQ, {"seq": seq}).fetchone())
 
     def depth(self) -> int:
-        """How many ops are in the outbox (pending and in flight)."""
-        return self._totals().ops
+        """How many ops are in the outbox (pending, in flight and in the intake: a write
+        there that will be coalesced still counts)."""
+        totals = self._totals()
+        return totals.ops + totals.intake_ops
 
     def stats(self) -> OutboxStats:
-        """Depth per priority name, bytes, oldest pending age, in flight and quarantined."""
+        """Depth per priority name, bytes, oldest pending age, in flight and quarantined (the
+        intake counted in, as `depth`)."""
         now = self._now()
         depth = {priority.name.lower(): 0 for priority in Priority}
         total_bytes = 0
-        for priority, ops, size in self._conn.execute(
-            "SELECT priority, ops, bytes FROM outbox_totals"
-        ):
-            depth[Priority(priority).name.lower()] = ops
-            total_bytes += size
-        oldest = self._conn.execute(OLDEST).fetchone()[0]
+        for query in ("SELECT priority, ops, bytes FROM outbox_totals", INTAKE_BY_PRIORITY):
+            for priority, ops, size in self._conn.execute(query):
+                depth[Priority(priority).name.lower()] += ops
+                total_bytes += size
+        times = [self._conn.execute(query).fetchone()[0] for query in (OLDEST, INTAKE_OLDEST)]
+        oldest = min((when for when in times if when is not None), default=None)
         in_flight = self._conn.execute(
             "SELECT COUNT(*) FROM delivery WHERE lease_until IS NOT NULL"
         ).fetchone()[0]
@@ -727,16 +739,19 @@ class Outbox:
 
 
 class _Totals:
-    """outbox_totals summed, with the next free seq of each priority. Mutable: the copy a
-    connection keeps (Outbox._totals) follows the connection's own changes in place."""
+    """outbox_totals summed, with the next free seq of each priority, and the ops waiting in
+    the intake (not in `ops` and `size` yet). Mutable: the copy a connection keeps
+    (Outbox._totals) follows the connection's own changes in place."""
 
-    __slots__ = ("next_seqs", "ops", "size", "stale")
+    __slots__ = ("intake_ops", "intake_size", "next_seqs", "ops", "size", "stale")
 
     def __init__(self, ops: int, size: int, next_seqs: dict[int, int], stale: int) -> None:
         self.ops = ops
         self.size = size
         self.next_seqs = next_seqs
         self.stale = stale  # outbox_keys rows whose op is gone (Outbox._remove)
+        self.intake_ops = 0
+        self.intake_size = 0
 
     def grow(self, priority: int, entry: list[int]) -> None:
         """Add one priority's Growth entry [ops, bytes, seqs used, stale keys]."""

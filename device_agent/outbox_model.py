@@ -24,7 +24,7 @@ class PendingOp:
     """An op in the outbox with its delivery bookkeeping (times are epoch seconds)."""
 
     op: Op
-    seq: int
+    seq: Optional[int]  # its place in the claim order; None while in the intake
     attempts: int
     enqueued_at: float
     last_error: Optional[str] = None

@@ -112,14 +112,45 @@ FORGET_STALE_KEYS = (
     "DELETE FROM outbox_keys "
     "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"
 )
-# A write on a key with no pending op, in one autocommit statement checked by the database
-# (db.MIGRATIONS, version 5): refused with db.NEW_KEY_REFUSED unless nothing changed since
-# :data_version and the key has no outbox_keys row.
-RECORD_ON_NEW_KEY = (
-    "INSERT INTO outbox_new_key (op_id, collection, key, kind, hlc, data, priority, size, "
-    "enqueued_at, data_version) VALUES (:op_id, :collection, :key, :kind, :hlc, :data, "
-    ":priority, :size, :enqueued_at, :data_version)"
+# The intake: recorded writes not placed yet (db.MIGRATIONS, version 7), in recording order.
+INTAKE = (
+    "INSERT INTO outbox_intake (op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at) VALUES (:op_id, :collection, :key, :kind, :hlc, :data, :priority, :size, "
+    ":enqueued_at)"
 )
+INTAKE_ROWS = (
+    "SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at "
+    "FROM outbox_intake ORDER BY n"
+)
+# What placing needs to know of each intake row (Outbox.place_intake), in recording order.
+INTAKE_BRIEF = "SELECT n, collection, key, priority, size, hlc FROM outbox_intake ORDER BY n"
+# Whether a write in the intake is on a key with an op in the outbox (it may coalesce). CROSS
+# JOIN keeps the join order: the few intake rows first, then a key lookup for each.
+INTAKE_MEETS_PENDING = (
+    "SELECT EXISTS (SELECT 1 FROM outbox_intake AS i "
+    "CROSS JOIN outbox_keys AS k ON k.collection = i.collection AND k.key = i.key "
+    "CROSS JOIN outbox AS o ON o.seq = k.seq)"
+)
+PLACE_FROM_INTAKE = (
+    "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at) SELECT :seq, op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at FROM outbox_intake WHERE n = :n"
+)
+PLACE_ALL_FROM_INTAKE = (
+    "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at) SELECT n + :shift, op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at FROM outbox_intake ORDER BY n"
+)
+INTAKE_TOTALS = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox_intake"
+INTAKE_BY_PRIORITY = "SELECT priority, COUNT(*), SUM(size) FROM outbox_intake GROUP BY priority"
+INTAKE_OLDEST = "SELECT MIN(enqueued_at) FROM outbox_intake"
+# Rows as BY_KEY's: never handed out, so no seq (NULL), no attempt, no error.
+_INTAKE_AS_PENDING = (
+    "SELECT NULL, op_id, collection, key, kind, hlc, data, priority, 0, enqueued_at, NULL "
+    "FROM outbox_intake "
+)
+INTAKE_BY_KEY = _INTAKE_AS_PENDING + "WHERE collection = :collection AND key = :key"
+INTAKE_BY_ID = _INTAKE_AS_PENDING + "WHERE op_id = :op_id"
 TOTALS = "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals"
 GROW = (
     "UPDATE outbox_totals SET ops = ops + :ops, bytes = bytes + :bytes, "

@@ -198,7 +198,7 @@ def store_ops(
     next_seqs: dict[int, int],
     encoded: Optional[Sequence[tuple[Optional[str], int]]] = None,
     *,
-    on_keys: Optional[list[Any]] = None,
+    recorded_at: Optional[Sequence[float]] = None,
 ) -> tuple[list[Op], Growth]:
     """Store stamped ops in the open transaction.
 
@@ -206,12 +206,16 @@ def store_ops(
     taken in order, each coalesced with the ops on its key when allowed, so a batch gives
     exactly what recording its ops one by one would. `next_seqs` is the next free seq of
     each priority (from outbox_totals). `encoded` is each op's `encode(op)` when the caller
-    already has it (the data is then encoded once). `on_keys` is what `rows_on_key`
-    returned for the only key of `ops`, when the caller has read it already.
+    already has it (the data is then encoded once). `recorded_at`
+    is when each op was recorded (the intake's ops), else `now`.
     """
-    plan = _Placement(*_newest_ops(conn, {(op.collection, op.key) for op in ops}, on_keys))
+    plan = _Placement(*_newest_ops(conn, {(op.collection, op.key) for op in ops}))
     for position, op in enumerate(ops):
-        plan.add(op, None if encoded is None else encoded[position])
+        plan.add(
+            op,
+            None if encoded is None else encoded[position],
+            None if recorded_at is None else recorded_at[position],
+        )
     growth = Growth()
     _rewrite(conn, plan.updated, plan.moved, growth)
     seqs: dict[str, int] = {}
@@ -252,8 +256,11 @@ class _Placement:
         # were enqueued (None: now): kept in case the cloud rejects it (db.MIGRATIONS, 6).
         self.replaced: dict[str, list[tuple[Op, Optional[float]]]] = {}
 
-    def add(self, op: Op, known: Optional[tuple[Optional[str], int]]) -> None:
-        """Place `op` (`known`: its `encode(op)`, if the caller has it)."""
+    def add(
+        self, op: Op, known: Optional[tuple[Optional[str], int]], since: Optional[float] = None
+    ) -> None:
+        """Place `op` (`known`: its `encode(op)`, if the caller has it; `since`: when it was
+        recorded, if not now)."""
         where = (op.collection, op.key)
         slot = self.slots.get(where)
         if slot is None and where in self.fresh:
@@ -271,6 +278,8 @@ class _Placement:
                 self.behind.setdefault(where, []).append(slot)
             self.slots.pop(where, None)
             self.fresh[where] = len(self.inserts)
+            if since is not None:
+                self.enqueued[len(self.inserts)] = since
             self.inserts.append((op, known))
             self.stored.append(op)
         else:
@@ -422,13 +431,6 @@ def rows_on_key(conn: sqlite3.Connection, collection: str, key: str) -> list[Any
     return conn.execute(_ON_ONE_KEY, {"collection": collection, "key": key}).fetchall()
 
 
-def insert_op(
-    conn: sqlite3.Connection, op: Op, seq: int, stored: tuple[Optional[str], int], now: float
-) -> None:
-    """Store a new op at `seq`; `stored` is `encode(op)`."""
-    conn.execute(INSERT, _row(op, seq, stored, now))  # and a trigger adds its key row
-
-
 def _row(
     op: Op, seq: int, stored: tuple[Optional[str], int], enqueued_at: float
 ) -> dict[str, object]:
@@ -450,13 +452,10 @@ def _row(
 def _newest_ops(
     conn: sqlite3.Connection,
     keys: set[tuple[str, str]],
-    on_keys: Optional[list[Any]] = None,
 ) -> tuple[dict[tuple[str, str], _Slot], dict[tuple[str, str], list[_Slot]]]:
     """The newest live op on each key, and the older ones never handed out (which a new op
     may make dead); deletes the keys' stale outbox_keys rows."""
-    if on_keys is not None:
-        rows = on_keys
-    elif len(keys) == 1:
+    if len(keys) == 1:
         rows = rows_on_key(conn, *next(iter(keys)))
     else:
         by_collection: dict[str, list[str]] = {}

@@ -300,12 +300,23 @@ class AgentState:
         return max(last if isinstance(last, str) else "", self._last_recorded())
 
     def _last_recorded(self) -> str:
-        """The greatest HLC the outbox stamped since the clock was last set (or "")."""
-        row = self._conn.execute("SELECT MAX(last_hlc) FROM outbox_totals").fetchone()
+        """The greatest HLC the outbox stamped since the clock was last set (or ""): kept in
+        outbox_totals, and in the intake's rows until they are placed (Outbox.record)."""
+        row = self._conn.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(last_hlc) FROM outbox_totals), ''), "
+            "COALESCE((SELECT MAX(hlc) FROM outbox_intake), ''))"
+        ).fetchone()
         return str(row[0] or "")
 
     def _forget_recorded(self) -> None:
-        """After the clock's state was saved whole in kv (or set back): see _last_recorded."""
+        """After the clock's state was saved whole in kv (or set back): see _last_recorded.
+        The intake must be empty then (Outbox.place_intake in the same transaction): its
+        stamps would still count, and placed later they would count again."""
+        if self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox_intake)").fetchone()[0]:
+            raise RuntimeError(
+                "the clock is set while recorded writes wait in the intake: call "
+                "Outbox.place_intake() first, in the same transaction"
+            )
         self._conn.execute("UPDATE outbox_totals SET last_hlc = ''")
 
     def merge_server_time(self, hlc: str) -> None:

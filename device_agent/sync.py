@@ -360,7 +360,9 @@ class SyncEngine:
             if retry_now:
                 # The clock goes back only together with the re-stamp: set back alone, it
                 # would stamp new writes below the pending ops still ahead, which would then
-                # win over them.
+                # win over them. The intake's stamps count in the clock: placed first, they
+                # are re-stamped with the rest.
+                self.outbox.place_intake()
                 self.state.restamp_clock(str(server_time), _skew_s(details))
                 ids = [p.op.op_id for p in retry_now]
                 restamped = self.outbox.restamp(ids)

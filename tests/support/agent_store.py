@@ -42,3 +42,10 @@ def open_store(
     if now is not None:
         outbox_options["now"] = now
     return Store(conn, state, Outbox(conn, state, **outbox_options), Replica(conn))
+
+
+def placed(outbox: Outbox) -> Outbox:
+    """`outbox` with its intake placed (recorded writes coalesced where they will be sent),
+    for tests that look at what is stored rather than at the local view."""
+    outbox.place_intake()
+    return outbox

@@ -210,7 +210,8 @@ def test_the_cli_shows_status_with_damaged_statistics(db: Path) -> None:
 def test_a_pending_op_with_damaged_data_names_the_file_and_the_key(db: Path, data: str) -> None:
     # Given a pending op whose stored data was damaged
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE outbox SET data = ?", (data,))
+        for table in ("outbox", "outbox_intake"):  # wherever the op waits
+            conn.execute(f"UPDATE {table} SET data = ?", (data,))
     # When the document is read, Then the error names the file, the key and the remedy
     with Agent.open(db) as agent, pytest.raises(DamagedDatabase) as raised:
         agent.get("prefs", "k")
@@ -223,7 +224,8 @@ def test_a_sync_that_meets_undecodable_op_data_names_the_file(
     db: Path, server: ProtocolServer
 ) -> None:
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE outbox SET data = '{not json'")
+        for table in ("outbox", "outbox_intake"):  # wherever the op waits
+            conn.execute(f"UPDATE {table} SET data = '{{not json'")
     with Agent.open(db) as agent:
         agent.state.update_settings(endpoint=server.url)
         with pytest.raises(DamagedDatabase, match="not valid JSON") as raised:
@@ -255,7 +257,8 @@ def test_a_damaged_synced_record_names_the_file_and_the_key(
 
 def test_the_cli_get_reports_damaged_op_data_in_one_line(db: Path) -> None:
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE outbox SET data = '{not json'")
+        for table in ("outbox", "outbox_intake"):  # wherever the op waits
+            conn.execute(f"UPDATE {table} SET data = '{{not json'")
     done = sync_agent(db, "get", "prefs", "k")
     assert done.returncode == 1 and done.stdout == ""
     one_line_error(done, str(db), "prefs/k", "damaged")

@@ -54,6 +54,7 @@ def test_sigkill_while_enqueuing_and_syncing_loses_nothing_and_acks_nothing_twic
 
     # Then nothing accepted was lost, nothing acked twice, nothing acked came back
     store = open_store(path)
+    store.outbox.place_intake()  # (what the writers recorded and no syncer placed)
     in_outbox = {row[0] for row in store.conn.execute("SELECT op_id FROM outbox")}
     server = sqlite3.connect(server_path)
     sent = Counter(row[0] for row in server.execute("SELECT op_id FROM sent"))

@@ -116,6 +116,7 @@ class Device:
             current = {**current, **patch}
         self.model[(collection, key)] = {k: v for k, v in current.items() if v is not None}
         self.accepted.append(op_id)
+        agent.outbox.place_intake()  # (coalesced where it will be sent: seen in `after`)
         after = {op.op_id for op in agent.outbox.pending_for(collection, key)}
         for gone in before - after:
             self.replaced_by[gone] = op_id
@@ -140,6 +141,7 @@ class Device:
     def lost(self, server: SlowServer) -> list[str]:
         """Accepted ops that are neither in the outbox nor on the server nor coalesced into
         an op that is."""
+        self.agent.outbox.place_intake()
         in_outbox = {row[0] for row in self.agent.conn.execute("SELECT op_id FROM outbox")}
         arrived = {op.op_id for op in list(server.arrivals)}
 

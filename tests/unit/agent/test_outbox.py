@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from device_agent.db import transaction
 from device_agent.errors import NotFound, OutboxFull
 from shared.contracts import ContractError, OpKind, Priority, parse_hlc
 from shared.contracts.hlc import format_hlc
@@ -287,7 +288,9 @@ def test_restamp_gives_order_preserving_stamps_above_the_server_time(tmp_path):
     other = store.outbox.record("items", "z", OpKind.PUT, {"v": 3})
     # When the server rejects the first as clock_ahead and the agent restamps
     server_time = format_hlc(1_764_000_000_000, 0, "server")
-    store.state.restamp_clock(server_time)
+    with transaction(store.conn):  # as the sync engine does
+        store.outbox.place_intake()
+        store.state.restamp_clock(server_time)
     renewed = store.outbox.restamp([first.op_id])
     # Then every op stamped from the future is renewed, in the same order, above server time
     assert [op.op_id for op in renewed] == [first.op_id, second.op_id, other.op_id]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared.conflict import apply_lww
 from shared.contracts import Op, OpKind, Priority, Record, RecordClock
-from tests.support.agent_store import Store, open_store
+from tests.support.agent_store import Store, open_store, placed
 
 pytestmark = pytest.mark.agent
 
@@ -31,7 +31,7 @@ def test_a_newer_put_replaces_a_pending_op(store):
 
     newer = record(store, "put", {"b": 2})
 
-    assert store.outbox.pending_for("items", "k") == [newer]
+    assert placed(store.outbox).pending_for("items", "k") == [newer]
 
 
 def test_a_delete_replaces_a_pending_put(store):
@@ -39,7 +39,7 @@ def test_a_delete_replaces_a_pending_put(store):
 
     newer = record(store, "delete", None)
 
-    assert store.outbox.pending_for("items", "k") == [newer]
+    assert placed(store.outbox).pending_for("items", "k") == [newer]
 
 
 def test_a_patch_naming_every_field_of_a_pending_patch_replaces_it(store):
@@ -48,7 +48,7 @@ def test_a_patch_naming_every_field_of_a_pending_patch_replaces_it(store):
     newer = record(store, "patch", {"a": None, "b": 2, "c": 3})
 
     assert newer.data == {"a": None, "b": 2, "c": 3}
-    assert store.outbox.pending_for("items", "k") == [newer]
+    assert placed(store.outbox).pending_for("items", "k") == [newer]
 
 
 def test_patches_on_different_fields_are_kept_apart(store):
@@ -57,7 +57,7 @@ def test_patches_on_different_fields_are_kept_apart(store):
 
     newer = record(store, "patch", {"b": 2})
 
-    assert store.outbox.pending_for("items", "k") == [older, newer]
+    assert placed(store.outbox).pending_for("items", "k") == [older, newer]
 
 
 @pytest.mark.parametrize("first", [("put", {"a": 1}), ("delete", None)])
@@ -67,7 +67,7 @@ def test_a_patch_after_a_pending_put_or_delete_is_kept_apart(store, first):
 
     newer = record(store, "patch", {"a": 2})
 
-    assert store.outbox.pending_for("items", "k") == [older, newer]
+    assert placed(store.outbox).pending_for("items", "k") == [older, newer]
 
 
 def test_a_put_also_drops_the_older_pending_ops_it_makes_dead(store):
@@ -76,7 +76,7 @@ def test_a_put_also_drops_the_older_pending_ops_it_makes_dead(store):
 
     newer = record(store, "put", {"c": 1})
 
-    assert store.outbox.pending_for("items", "k") == [newer]
+    assert placed(store.outbox).pending_for("items", "k") == [newer]
     assert store.outbox.depth() == 1
 
 
@@ -86,7 +86,7 @@ def test_a_patch_drops_an_older_patch_on_no_other_fields(store):
 
     newer = record(store, "patch", {"a": 2})
 
-    assert store.outbox.pending_for("items", "k") == [other, newer]
+    assert placed(store.outbox).pending_for("items", "k") == [other, newer]
 
 
 def test_a_dead_op_more_urgent_than_the_new_one_is_kept(store):
@@ -95,7 +95,7 @@ def test_a_dead_op_more_urgent_than_the_new_one_is_kept(store):
 
     newer = record(store, "put", {"c": 1})
 
-    assert store.outbox.pending_for("items", "k") == [urgent, newer]
+    assert placed(store.outbox).pending_for("items", "k") == [urgent, newer]
 
 
 def test_a_coalesced_op_keeps_its_place_and_takes_the_more_urgent_priority(store):
@@ -118,7 +118,7 @@ def test_an_op_in_flight_is_never_coalesced_into(store):
 
     second = record(store, "patch", {"b": 2})
 
-    assert store.outbox.pending_for("items", "k") == [first, second]
+    assert placed(store.outbox).pending_for("items", "k") == [first, second]
 
 
 def test_an_op_that_was_handed_out_once_is_never_coalesced_into_again(store):
@@ -129,7 +129,7 @@ def test_an_op_that_was_handed_out_once_is_never_coalesced_into_again(store):
 
     second = record(store, "patch", {"b": 2})
 
-    assert store.outbox.pending_for("items", "k") == [first, second]
+    assert placed(store.outbox).pending_for("items", "k") == [first, second]
 
 
 def test_a_write_merges_into_the_newest_op_behind_one_in_flight(store):
@@ -140,7 +140,7 @@ def test_a_write_merges_into_the_newest_op_behind_one_in_flight(store):
     merged = record(store, "patch", {"b": 3, "c": 3})
 
     assert merged.data == {"b": 3, "c": 3}
-    assert store.outbox.pending_for("items", "k")[1:] == [merged]
+    assert placed(store.outbox).pending_for("items", "k")[1:] == [merged]
     assert merged.op_id != pending.op_id
 
 
@@ -186,7 +186,7 @@ def test_a_batch_replaces_only_the_newest_op_of_a_key_as_one_by_one_would(tmp_pa
         single.outbox.record(*write)
 
     for store in (batched, single):
-        assert [op.data for op in store.outbox.pending_for("items", "k")] == [
+        assert [op.data for op in placed(store.outbox).pending_for("items", "k")] == [
             {"a": 1},
             {"b": 2},
         ]
@@ -203,9 +203,9 @@ def test_a_batch_over_several_collections_merges_each_key_in_its_own_collection(
         ]
     )
 
-    assert [op.data for op in store.outbox.pending_for("items", "k")] == [{"b": 2}]
-    assert [op.data for op in store.outbox.pending_for("notes", "k")] == [{"m": 2}]
-    assert [op.data for op in store.outbox.pending_for("tasks", "k")] == [{"t": 3}]
+    assert [op.data for op in placed(store.outbox).pending_for("items", "k")] == [{"b": 2}]
+    assert [op.data for op in placed(store.outbox).pending_for("notes", "k")] == [{"m": 2}]
+    assert [op.data for op in placed(store.outbox).pending_for("tasks", "k")] == [{"t": 3}]
     assert store.outbox.depth() == 3
 
 
@@ -341,6 +341,7 @@ def test_coalesced_ops_leave_the_server_where_all_original_ops_would(script, bas
             else:
                 store.outbox.release(in_flight[:arg], error="x", retry_at=0)
                 del in_flight[:arg]
+        placed(store.outbox)
         count, size = store.conn.execute("SELECT COUNT(*), TOTAL(size) FROM outbox").fetchone()
         stats = store.outbox.stats()
         assert (stats.total_ops, stats.total_bytes) == (count, size), "counters drifted"
@@ -427,6 +428,7 @@ def test_a_batch_stores_exactly_what_recording_its_writes_one_by_one_would(befor
     def outcome(store: Store) -> list[tuple]:
         """The pending ops in claim order, each with the ops it keeps as replaced."""
         kept: dict[str, list[tuple]] = {}
+        placed(store.outbox)
         for op_id, key, kind, data, priority in store.conn.execute(
             "SELECT o.op_id, r.key, r.kind, r.data, r.priority FROM outbox_replaced AS r "
             "JOIN outbox AS o ON o.seq = r.by_seq ORDER BY r.hlc"

@@ -31,6 +31,7 @@ def write(store: Store, kind: str, data: Optional[dict[str, Any]] = None, key: s
 
 def pending(store: Store) -> list[tuple[str, str, Optional[dict[str, Any]]]]:
     """(op id, kind, data) of every pending op, in claim order (claims nothing)."""
+    store.outbox.place_intake()
     ids = [row[0] for row in store.conn.execute("SELECT op_id FROM outbox ORDER BY seq")]
     ops = [store.outbox.get(op_id).op for op_id in ids]
     return [(op.op_id, op.kind.value, op.data) for op in ops]
@@ -118,6 +119,7 @@ def test_what_acked_ops_replaced_is_swept_when_the_outbox_empties(store: Store) 
     write(store, "put", {"v": 2})
     write(store, "put", {"v": 1}, key="other")
     write(store, "put", {"v": 2}, key="other")
+    store.outbox.place_intake()
     assert store.conn.execute("SELECT COUNT(*) FROM outbox_replaced").fetchone()[0] == 2
 
     store.outbox.ack([p.op.op_id for p in store.outbox.claim()])

@@ -25,7 +25,7 @@ from device_agent.outbox_write import encode, new_op_ids
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, Op, OpKind, Priority, parse_hlc
 from shared.contracts.hlc import format_hlc
-from tests.support.agent_store import Store, open_store
+from tests.support.agent_store import Store, open_store, placed
 
 pytestmark = pytest.mark.agent
 
@@ -176,7 +176,7 @@ def test_a_version_1_database_is_migrated_with_its_ops_leases_totals_and_keys(
 
     conn = open_database(path)
 
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     # The old claim, key and op_id indexes and the totals triggers are gone; what is left is
     # the trigger adding outbox_keys rows.
     leftovers = conn.execute(
@@ -211,9 +211,9 @@ def test_a_version_1_database_is_migrated_with_its_ops_leases_totals_and_keys(
     state = AgentState(conn)
     outbox = Outbox(conn, state, now=clock)  # recovers the expired lease
 
-    assert outbox.pending_for("items", "a") == [ops["n1"], ops["n3"]]
+    assert placed(outbox).pending_for("items", "a") == [ops["n1"], ops["n3"]]
     for name in ("c1", "n2", "h1", "c2", "bg1"):
-        assert outbox.pending_for("items", ops[name].key) == [ops[name]]
+        assert placed(outbox).pending_for("items", ops[name].key) == [ops[name]]
     leased = outbox.get(ops["n1"].op_id)
     assert (leased.attempts, leased.last_error, leased.seq) == (2, "timeout", seqs[ops["n1"].op_id])
     # Claim order: most urgent priority first, FIFO within one, the leased op's history kept.
@@ -272,7 +272,7 @@ def test_a_version_2_database_is_migrated_without_the_op_id_index(tmp_path: Path
 
     conn = open_database(path)
 
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     # The ops, their key rows and the totals are as they were.
     assert conn.execute("SELECT * FROM outbox ORDER BY seq").fetchall() == v2_rows
     assert key_rows(conn) == v2_keys
@@ -298,6 +298,7 @@ def test_a_version_2_database_is_migrated_without_the_op_id_index(tmp_path: Path
     assert outbox.release(claimed, error="x", retry_at=T0) == len(claimed) - 2
     # A write after the migration gets its key row from the trigger.
     fresh = outbox.record("items", "after", OpKind.PUT, {"v": 1})
+    placed(outbox)
     assert key_rows(conn, "after") == [("items", "after", outbox.get(fresh.op_id).seq)]
     assert totals(conn) == counted(conn)
 
@@ -349,11 +350,12 @@ def test_writes_after_the_migration_get_larger_seqs_in_their_band_and_coalesce(
     merged = outbox.record("items", "a", OpKind.PATCH, {"name": "n4", "n": 6, "more": 1})
     assert merged.hlc > max(op.hlc for op in ops.values())
     assert parse_hlc(merged.hlc).node == V1_NODE
-    assert outbox.pending_for("items", "a") == [ops["n1"], merged]
+    assert placed(outbox).pending_for("items", "a") == [ops["n1"], merged]
     assert merged.data == {"name": "n4", "n": 6, "more": 1}
     assert outbox.get(merged.op_id).seq == before[ops["n3"].op_id]
     # New ops land in their bands above every older seq there.
     fresh = {p: outbox.record("items", f"new-{p.name}", OpKind.PUT, {"v": 1}, p) for p in Priority}
+    placed(outbox)
     after = seqs_by_op(conn)
     for priority, op in fresh.items():
         seq = after[op.op_id]
@@ -434,10 +436,12 @@ def check_invariants(store: Store, threshold: int, history: SeqHistory) -> None:
     rows = conn.execute("SELECT seq, priority, collection, key FROM outbox").fetchall()
     # Totals are what the outbox holds.
     assert totals(conn) == counted(conn)
-    assert store.outbox.depth() == len(rows)
-    # The connection's copy of the totals (kept across transactions) is what the table says.
+    waiting = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox_intake").fetchone()
+    assert store.outbox.depth() == len(rows) + waiting[0]
+    # The connection's copy of the totals (kept across transactions) is what the tables say.
     kept = store.outbox._totals()
     assert (kept.ops, kept.size) == tuple(map(sum, zip(*counted(conn).values())))
+    assert (kept.intake_ops, kept.intake_size) == waiting
     assert kept.next_seqs == next_seqs(conn)
     assert kept.stale == conn.execute("SELECT SUM(stale_keys) FROM outbox_totals").fetchone()[0]
     # Seqs sit in their priority's band, below its next seq, and are never reused.
@@ -461,16 +465,19 @@ def check_invariants(store: Store, threshold: int, history: SeqHistory) -> None:
     assert stale_key_rows(conn) <= max(threshold, len(rows))
     if not rows:
         assert listed == set()
-    # pending_for is exactly the key's ops, in HLC order.
+    # pending_for is exactly the key's ops, placed or in the intake, in HLC order.
     for key in KEYS:
         expected = [
             row[0]
             for row in conn.execute(
-                "SELECT op_id FROM outbox WHERE collection = 'items' AND key = ? ORDER BY hlc",
-                (key,),
+                "SELECT op_id, hlc FROM outbox WHERE collection = 'items' AND key = :key "
+                "UNION ALL SELECT op_id, hlc FROM outbox_intake "
+                "WHERE collection = 'items' AND key = :key ORDER BY hlc",
+                {"key": key},
             )
         ]
-        assert store.outbox.pending_for("items", key) == [store.outbox.get(i).op for i in expected]
+        stored = store.outbox.pending_for("items", key)
+        assert stored == [store.outbox.get(i).op for i in expected]
 
 
 def run_action(
@@ -492,12 +499,14 @@ def run_action(
         outbox.ack(in_flight[:arg])
         del in_flight[:arg]
     elif name == "ack_oldest":
+        placed(outbox)  # (placing may coalesce, and so remove, a pending op)
         oldest = [row[0] for row in store.conn.execute("SELECT op_id FROM outbox ORDER BY seq")]
         outbox.ack(oldest[:arg])
     elif name == "release":
         outbox.release(in_flight[:arg], error="boom", retry_at=0)
         del in_flight[:arg]
     elif name == "quarantine":
+        placed(outbox)
         live = [row[0] for row in store.conn.execute("SELECT op_id FROM outbox ORDER BY seq")]
         if live:
             outbox.quarantine(live[arg % len(live)], ErrorCode.INVALID_OP, "rejected")
@@ -534,6 +543,7 @@ def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
                 run_action(store, action, in_flight, other.outbox)
                 check_invariants(store, threshold, history)
             # Draining everything leaves nothing behind in outbox_keys.
+            placed(store.outbox)
             rest = [row[0] for row in store.conn.execute("SELECT op_id FROM outbox")]
             store.outbox.ack(rest)
             check_invariants(store, threshold, history)
@@ -562,21 +572,22 @@ def test_acks_leave_stale_key_rows_that_readers_skip(lazy_store: Store) -> None:
     assert len(key_rows(store.conn)) == 20
     assert stale_key_rows(store.conn) == 10
     assert totals(store.conn) == counted(store.conn)
-    assert store.outbox.pending_for("items", "k0") == []
+    assert placed(store.outbox).pending_for("items", "k0") == []
     with pytest.raises(NotFound):
         store.outbox.get(ops[0].op_id)
-    assert store.outbox.pending_for("items", "k10") == [ops[10]]
-    # A write on an acked key merges into nothing: it is a new op, and the stale row goes.
+    assert placed(store.outbox).pending_for("items", "k10") == [ops[10]]
+    # A write on an acked key merges into nothing: it is a new op. Placed by a plain copy
+    # (no pending op on its key), it leaves the stale row to the sweep.
     patch = store.outbox.record("items", "k0", OpKind.PATCH, {"x": 1})
     assert (patch.kind, patch.data) == (OpKind.PATCH, {"x": 1})
-    assert store.outbox.pending_for("items", "k0") == [patch]
-    assert key_rows(store.conn, "k0") == [("items", "k0", store.outbox.get(patch.op_id).seq)]
-    assert stale_key_rows(store.conn) == 9
+    assert placed(store.outbox).pending_for("items", "k0") == [patch]
+    assert ("items", "k0", store.outbox.get(patch.op_id).seq) in key_rows(store.conn, "k0")
+    assert stale_key_rows(store.conn) == 10
     assert store.outbox.depth() == 11
     # A write on a live key still replaces its op.
     merged = store.outbox.record("items", "k10", OpKind.PUT, {"x": 2})
     assert (merged.kind, merged.data) == (OpKind.PUT, {"x": 2})
-    assert store.outbox.pending_for("items", "k10") == [merged]
+    assert placed(store.outbox).pending_for("items", "k10") == [merged]
     assert store.outbox.depth() == 11
 
 
@@ -619,11 +630,11 @@ def test_quarantine_on_a_large_backlog_leaves_a_stale_row_and_retry_lists_the_op
     ops = [put(store, f"k{i}") for i in range(8)]
     store.outbox.quarantine(ops[0].op_id, ErrorCode.INVALID_OP, "no")
     assert stale_key_rows(store.conn) == 1
-    assert store.outbox.pending_for("items", "k0") == []
+    assert placed(store.outbox).pending_for("items", "k0") == []
 
     back = store.outbox.retry_quarantined(ops[0].op_id)
 
-    assert store.outbox.pending_for("items", "k0") == [back] == [ops[0]]
+    assert placed(store.outbox).pending_for("items", "k0") == [back] == [ops[0]]
     assert totals(store.conn) == counted(store.conn)
 
 
@@ -654,7 +665,7 @@ def test_a_replacement_that_raises_the_priority_is_claimed_first_with_that_prior
     assert patch.op_id != first.op_id
     assert band(head[0].seq) == int(Priority.CRITICAL) and head[0].seq != old_seq
     assert key_rows(store.conn, "A") == [("items", "A", head[0].seq)]
-    assert store.outbox.pending_for("items", "A") == [patch]
+    assert placed(store.outbox).pending_for("items", "A") == [patch]
     assert totals(store.conn) == counted(store.conn)
     assert store.outbox.depth() == 31
     # The rest keep their FIFO order behind it.
@@ -744,7 +755,9 @@ def test_changing_the_device_id_renames_the_node_of_the_next_stamps(tmp_path: Pa
     before = one.outbox.record("items", "a", OpKind.PUT, {}).hlc
     assert two.outbox.record("items", "b", OpKind.PUT, {}).hlc > before  # both cache a clock
 
-    one.state.update_settings(device_id="dev-new")
+    with transaction(one.conn):  # as Agent.init does
+        one.outbox.place_intake()
+        one.state.update_settings(device_id="dev-new")
     mine = one.outbox.record("items", "c", OpKind.PUT, {}).hlc
     theirs = two.outbox.record("items", "d", OpKind.PUT, {}).hlc
 
@@ -765,7 +778,8 @@ def test_writes_rolled_back_with_an_outer_transaction_leave_the_totals_as_commit
         store.outbox.record_many([("items", "gone-too", OpKind.PUT, {"v": 1})])
         raise RuntimeError("the application changed its mind")
     # Then the totals are the committed ones: depth 1, and room for exactly two more ops
-    assert store.outbox.depth() == 1 == len(store.conn.execute("SELECT * FROM outbox").fetchall())
+    assert store.outbox.depth() == 1
+    assert len(placed(store.outbox)._conn.execute("SELECT * FROM outbox").fetchall()) == 1
     put(store, "second")
     put(store, "third")
     with pytest.raises(OutboxFull):
@@ -784,7 +798,7 @@ def test_a_transaction_begun_by_hand_sees_another_connections_commit(tmp_path: P
     op = put(first, "c")
     first.conn.execute("COMMIT")
     # Then it used the committed totals and clock: a fresh seq, a stamp above the others
-    assert op.hlc > max(o.hlc for o in first.outbox.pending_for("items", "b"))
+    assert op.hlc > max(o.hlc for o in placed(first.outbox).pending_for("items", "b"))
     assert totals(first.conn) == counted(first.conn)
     assert first.outbox.depth() == 3 == second.outbox.depth()
 
@@ -805,7 +819,7 @@ def test_a_rollback_by_hand_leaves_the_totals_as_committed(tmp_path: Path) -> No
     # And emptying it for real leaves no op without its key row
     assert store.outbox.ack([op.op_id for op in ops]) == 3
     for key in ("d",):
-        assert [op.key for op in store.outbox.pending_for("items", key)] == [key]
+        assert [op.key for op in placed(store.outbox).pending_for("items", key)] == [key]
     assert totals(store.conn) == counted(store.conn)
 
 

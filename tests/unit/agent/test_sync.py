@@ -160,7 +160,7 @@ def test_a_write_made_after_pulling_a_change_is_stamped_after_it(
     assert agent.sync(timeout=10).pulled == 1
     # When the user, having seen it, writes the document here
     agent.put("prefs", "u1", {"theme": "light"})
-    [mine] = [row[0] for row in agent.conn.execute("SELECT hlc FROM outbox")]
+    [mine] = [op.hlc for op in agent.outbox.pending_for("prefs", "u1")]
     summary = agent.sync(timeout=10)
     # Then the write is stamped after what it was based on and wins everywhere, and the
     # pulled stamp (another device's clock) did not change the clock-offset estimate
