@@ -296,7 +296,8 @@ def _broken_answer_server(mode: str) -> tuple[socket.socket, int]:
                 request = b""
                 while b"\r\n\r\n" not in request:
                     request += conn.recv(65536)
-                head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                # (it closes each connection: the client must not reuse one)
+                head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                 if mode == "deep":  # JSON nested past the parser (a broken proxy)
                     deep = b"[" * 200_000
                     conn.sendall(f"{head}Content-Length: {len(deep)}\r\n\r\n".encode() + deep)
