@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -584,6 +586,22 @@ class _Transaction:
             # PRAGMA takes no parameters; the level is an integer read back from SQLite.
             self._conn.execute(f"PRAGMA synchronous = {self._restore}")
             self._restore = None
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block's reads on one snapshot of the database (a read transaction, unless a
+    transaction is open already), so that a commit by another connection between two of
+    them (an op moving from the intake to the outbox, say) cannot be half seen."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN DEFERRED")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
 
 def caches_usable(conn: sqlite3.Connection) -> bool:

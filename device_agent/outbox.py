@@ -21,6 +21,7 @@ from device_agent.db import (
     DeviceConnection,
     caches_usable,
     data_version,
+    snapshot,
     transaction,
 )
 from device_agent.errors import NotFound, OutboxFull
@@ -50,12 +51,10 @@ from device_agent.outbox_sql import (
     INTAKE,
     INTAKE_BRIEF,
     INTAKE_BY_ID,
-    INTAKE_BY_KEY,
     INTAKE_BY_PRIORITY,
     INTAKE_MEETS_PENDING,
     INTAKE_OLDEST,
     INTAKE_ROWS,
-    INTAKE_TOTALS,
     KEPT_TO_RESTAMP,
     LEASE,
     MARK_HANDED_OUT,
@@ -82,6 +81,7 @@ from device_agent.outbox_write import (
     Growth,
     new_op_id,
     new_op_ids,
+    op_row,
     store_ops,
 )
 from device_agent.state import AgentState
@@ -150,13 +150,15 @@ class Outbox:
         data: Optional[JsonObject] = None,
         priority: Union[Priority, int, str] = Priority.NORMAL,
     ) -> Op:
-        """Durably record one write and return the op.
+        """Durably record one write and return the op as recorded.
 
         Validated first (ContractError, nothing stored), then stamped and appended to the
         intake in one transaction: one row, as a bare queue writes. The outbox's next write
         transaction places it (`place_intake`), coalescing it with the ops on its key as
-        `record_many` would. Near a bound the write is placed at once, so OutboxFull is
-        raised exactly when storing it would pass the bound.
+        `record_many` would. Near a bound, or with INTAKE_PLACED_AT writes waiting, the
+        intake is placed and the write stored at once (the op returned is then as stored,
+        coalesced if it was), so OutboxFull is raised exactly when storing it would pass
+        the bound.
         """
         draft = draft_write(
             collection, key, kind, data, priority, placeholder_hlc=self._placeholder_hlc()
@@ -165,29 +167,16 @@ class Outbox:
         with transaction(self._conn):
             totals = self._totals()
             if (
-                totals.intake_ops + 1 >= INTAKE_PLACED_AT
+                totals.intake_ops >= INTAKE_PLACED_AT
                 or totals.ops + totals.intake_ops >= self.max_ops
                 or totals.size + totals.intake_size + draft.size > self.max_bytes
             ):
                 # Placed now, after the intake: coalescing may keep it within the bounds.
-                self.place_intake()
+                self._place_intake()
                 return self._store([draft], [self._state.stamp_unsaved()], now)[0]
             # The intake row persists the stamp too (AgentState._last_recorded).
             op = draft.op(new_op_id(), self._state.stamp_unsaved())
-            self._conn.execute(
-                INTAKE,
-                {
-                    "op_id": op.op_id,
-                    "collection": op.collection,
-                    "key": op.key,
-                    "kind": op.kind.value,
-                    "hlc": op.hlc,
-                    "data": draft.text,
-                    "priority": int(op.priority),
-                    "size": draft.size,
-                    "enqueued_at": now,
-                },
-            )
+            self._conn.execute(INTAKE, op_row(op, None, (draft.text, draft.size), now))
             totals.intake_ops += 1
             totals.intake_size += draft.size
             self._track([])  # (drops the connection's copy where it cannot follow)
@@ -197,31 +186,36 @@ class Outbox:
         """Place the recorded writes waiting in the intake in the outbox, in the order they
         were recorded, coalesced as `record_many` would (one transaction; durable already,
         they need no fsync to move). Not checked against the bounds: `record` did that."""
-        if not self._totals().intake_ops:
-            return  # (without a transaction: the usual case, for every claim)
         with transaction(self._conn, durable=False):
-            totals = self._totals()  # (another process may have placed them meanwhile)
-            if not totals.intake_ops:
-                return
-            brief = self._conn.execute(INTAKE_BRIEF).fetchall()
-            if (
-                len({(row[1], row[2]) for row in brief}) == len(brief)
-                and not (self._conn.execute(INTAKE_MEETS_PENDING).fetchone()[0])
-            ):
-                growth = self._copy_intake(brief, dict(totals.next_seqs))
-            else:  # writes to coalesce: as record_many would store them
-                rows = self._conn.execute(INTAKE_ROWS).fetchall()
-                _, growth = store_ops(
-                    self._conn,
-                    [op_from_row(row[:7]) for row in rows],
-                    self._now(),
-                    dict(totals.next_seqs),
-                    [(row[5], row[7]) for row in rows],
-                    recorded_at=[row[8] for row in rows],
-                )
-            self._conn.execute("DELETE FROM outbox_intake")
-            totals.intake_ops = totals.intake_size = 0
-            self._apply(growth, max(row[5] for row in brief))
+            self._place_intake()
+
+    def _place_intake(self) -> None:
+        """`place_intake` inside the open write transaction (every write of the outbox
+        begins with it)."""
+        # Read, not taken from the connection's copy of the counts: a savepoint rolled
+        # back by the caller's hand would leave that copy wrong.
+        brief = self._conn.execute(INTAKE_BRIEF).fetchall()
+        totals = self._totals()
+        totals.intake_ops = totals.intake_size = 0
+        if not brief:
+            return
+        if (
+            len({(row[1], row[2]) for row in brief}) == len(brief)
+            and not (self._conn.execute(INTAKE_MEETS_PENDING).fetchone()[0])
+        ):
+            growth = self._copy_intake(brief, dict(totals.next_seqs))
+        else:  # writes to coalesce: as record_many would store them
+            rows = self._conn.execute(INTAKE_ROWS).fetchall()
+            _, growth = store_ops(
+                self._conn,
+                [op_from_row(row[:7]) for row in rows],
+                self._now(),
+                dict(totals.next_seqs),
+                [(row[5], row[7]) for row in rows],
+                recorded_at=[row[8] for row in rows],
+            )
+        self._conn.execute("DELETE FROM outbox_intake")
+        self._apply(growth, max(row[5] for row in brief))
 
     def _copy_intake(self, brief: list[Any], next_seqs: dict[int, int]) -> Growth:
         """Place intake rows on keys with no pending op, none twice (nothing to coalesce):
@@ -258,7 +252,7 @@ class Outbox:
         drafts = [prepare_write(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
-            self.place_intake()  # (recorded before these: placed before them)
+            self._place_intake()  # (recorded before these: placed before them)
             # The last stamp is persisted with the totals (_apply), not as a write of its own.
             stamps = self._state.stamp_many(len(drafts), persist=False)
             return self._store(drafts, stamps, now)
@@ -298,13 +292,17 @@ class Outbox:
             return cached[1]  # type: ignore[no-any-return]
         ops = size = stale = 0
         next_seqs = {}
+        intake = (0, 0)
         for priority, count, bytes_, next_seq, stale_keys in conn.execute(TOTALS):
+            if priority < 0:  # the intake
+                intake = (count, bytes_)
+                continue
             ops += count
             size += bytes_
             stale += stale_keys
             next_seqs[priority] = next_seq
         totals = _Totals(ops, size, next_seqs, stale)
-        totals.intake_ops, totals.intake_size = conn.execute(INTAKE_TOTALS).fetchone()
+        totals.intake_ops, totals.intake_size = intake
         if version is not None:
             conn.totals = (version, totals)  # type: ignore[attr-defined]
         return totals
@@ -377,7 +375,7 @@ class Outbox:
             return []
         at = self._now() if now is None else now
         with transaction(self._conn, durable=False):
-            self.place_intake()
+            self._place_intake()
             candidates = self._conn.execute(CANDIDATES, {"now": at, "limit": limit}).fetchall()
             rows: list[Any] = []
             total = 0
@@ -406,7 +404,7 @@ class Outbox:
         ids = list(dict.fromkeys(op_ids))
         removed = 0
         with transaction(self._conn, durable=False):
-            self.place_intake()  # (a direct caller may ack an op never claimed)
+            self._place_intake()  # (a direct caller may ack an op never claimed)
             for start in range(0, len(ids), CHUNK):
                 removed += self._remove_ids(ids[start : start + CHUNK])
         return removed
@@ -536,7 +534,7 @@ class Outbox:
         """
         ids = list(dict.fromkeys(op_ids))
         with transaction(self._conn):
-            self.place_intake()
+            self._place_intake()
             seqs = [
                 seq
                 for start in range(0, len(ids), CHUNK)
@@ -580,7 +578,7 @@ class Outbox:
         """Move an op the cloud rejected permanently out of the queue, keeping the reason."""
         reason = code.value if isinstance(code, ErrorCode) else str(code)
         with transaction(self._conn):
-            self.place_intake()  # (an op never claimed may still wait there)
+            self._place_intake()  # (an op never claimed may still wait there)
             seq = self._seq(
                 op_id, f"op {op_id} is not in the outbox (already acked or quarantined?)"
             )
@@ -643,7 +641,7 @@ class Outbox:
         coalescing, since newer writes on its key may already have been sent.
         """
         with transaction(self._conn):
-            self.place_intake()  # (recorded before it is put back: placed before it)
+            self._place_intake()  # (recorded before it is put back: placed before it)
             row = self._conn.execute(
                 "SELECT priority, size FROM quarantine WHERE op_id = :op_id",
                 {"op_id": op_id},
@@ -682,10 +680,8 @@ class Outbox:
     def pending_for(self, collection: str, key: str) -> list[Op]:
         """Every op on the key still in the outbox (pending, in flight or in the intake), in
         HLC order."""
-        where = {"collection": collection, "key": key}
-        rows = self._conn.execute(BY_KEY, where).fetchall()
-        rows += self._conn.execute(INTAKE_BY_KEY, where).fetchall()
-        return sorted((pending_from_row(row).op for row in rows), key=lambda op: op.hlc)
+        rows = self._conn.execute(BY_KEY, {"collection": collection, "key": key}).fetchall()
+        return [pending_from_row(row).op for row in rows]
 
     def get(self, op_id: str) -> PendingOp:
         """The op with this id; NotFound if it is not in the outbox.
@@ -693,10 +689,11 @@ class Outbox:
         Finding an op never handed out scans the outbox (it has no op_id index): fine for
         tools and tests, not for a loop over a large backlog.
         """
-        seq = self._seqs([op_id]).get(op_id)
-        if seq is not None:
-            return self._pending_at(seq)
-        row = self._conn.execute(INTAKE_BY_ID, {"op_id": op_id}).fetchone()
+        with snapshot(self._conn):
+            seq = self._seqs([op_id]).get(op_id)
+            if seq is not None:
+                return self._pending_at(seq)
+            row = self._conn.execute(INTAKE_BY_ID, {"op_id": op_id}).fetchone()
         if row is None:
             raise NotFound(f"op {op_id} is not in the outbox (acked, coalesced or quarantined)")
         return pending_from_row(row)
@@ -716,16 +713,17 @@ class Outbox:
         now = self._now()
         depth = {priority.name.lower(): 0 for priority in Priority}
         total_bytes = 0
-        for query in ("SELECT priority, ops, bytes FROM outbox_totals", INTAKE_BY_PRIORITY):
-            for priority, ops, size in self._conn.execute(query):
-                depth[Priority(priority).name.lower()] += ops
-                total_bytes += size
-        times = [self._conn.execute(query).fetchone()[0] for query in (OLDEST, INTAKE_OLDEST)]
-        oldest = min((when for when in times if when is not None), default=None)
-        in_flight = self._conn.execute(
-            "SELECT COUNT(*) FROM delivery WHERE lease_until IS NOT NULL"
-        ).fetchone()[0]
-        quarantined = self._conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        with snapshot(self._conn):
+            for query in ("SELECT priority, ops, bytes FROM outbox_totals", INTAKE_BY_PRIORITY):
+                for priority, ops, size in self._conn.execute(query):
+                    depth[Priority(priority).name.lower()] += ops
+                    total_bytes += size
+            times = [self._conn.execute(query).fetchone()[0] for query in (OLDEST, INTAKE_OLDEST)]
+            oldest = min((when for when in times if when is not None), default=None)
+            in_flight = self._conn.execute(
+                "SELECT COUNT(*) FROM delivery WHERE lease_until IS NOT NULL"
+            ).fetchone()[0]
+            quarantined = self._conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         return OutboxStats(
             depth=depth,
             total_ops=sum(depth.values()),

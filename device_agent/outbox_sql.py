@@ -4,14 +4,24 @@
 CHUNK = 500
 # Statements are constants: values only ever travel as parameters, and lists of values as
 # one JSON array parameter read with json_each.
-# Every op on a key, through outbox_keys (whose stale rows find no op and drop out).
+# Intake rows (db.MIGRATIONS, version 7) as the outbox's rows below: never handed out, so no
+# seq (NULL), no attempt, no error.
+_INTAKE_AS_PENDING = (
+    "SELECT NULL, op_id, collection, key, kind, hlc, data, priority, 0, enqueued_at, NULL "
+    "FROM outbox_intake "
+)
+# Every op on a key, in HLC order: through outbox_keys (whose stale rows find no op and drop
+# out), and in the intake. One statement, so that an intake placed meanwhile by another
+# connection is seen in one place or the other.
 BY_KEY = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
     "COALESCE(d.attempts, 0), o.enqueued_at, d.last_error "
     "FROM outbox_keys AS k "
     "JOIN outbox AS o ON o.seq = k.seq AND o.collection = k.collection AND o.key = k.key "
     "LEFT JOIN delivery AS d ON d.seq = o.seq "
-    "WHERE k.collection = :collection AND k.key = :key ORDER BY o.hlc"
+    "WHERE k.collection = :collection AND k.key = :key "
+    "UNION ALL " + _INTAKE_AS_PENDING + "WHERE collection = :collection AND key = :key "
+    "ORDER BY 6"
 )
 BY_SEQ = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
@@ -141,17 +151,14 @@ PLACE_ALL_FROM_INTAKE = (
     "enqueued_at) SELECT n + :shift, op_id, collection, key, kind, hlc, data, priority, size, "
     "enqueued_at FROM outbox_intake ORDER BY n"
 )
-INTAKE_TOTALS = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox_intake"
 INTAKE_BY_PRIORITY = "SELECT priority, COUNT(*), SUM(size) FROM outbox_intake GROUP BY priority"
 INTAKE_OLDEST = "SELECT MIN(enqueued_at) FROM outbox_intake"
-# Rows as BY_KEY's: never handed out, so no seq (NULL), no attempt, no error.
-_INTAKE_AS_PENDING = (
-    "SELECT NULL, op_id, collection, key, kind, hlc, data, priority, 0, enqueued_at, NULL "
-    "FROM outbox_intake "
-)
-INTAKE_BY_KEY = _INTAKE_AS_PENDING + "WHERE collection = :collection AND key = :key"
 INTAKE_BY_ID = _INTAKE_AS_PENDING + "WHERE op_id = :op_id"
-TOTALS = "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals"
+# The totals, and the intake counted as priority -1: one statement, one snapshot.
+TOTALS = (
+    "SELECT priority, ops, bytes, next_seq, stale_keys FROM outbox_totals UNION ALL "
+    "SELECT -1, COUNT(*), COALESCE(SUM(size), 0), 0, 0 FROM outbox_intake"
+)
 GROW = (
     "UPDATE outbox_totals SET ops = ops + :ops, bytes = bytes + :bytes, "
     "next_seq = next_seq + :seqs, stale_keys = stale_keys + :stale, "

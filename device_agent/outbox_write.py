@@ -374,7 +374,7 @@ def _insert(
             entry[0] += 1
             entry[1] += size
             entry[2] += 1
-        rows.append(_row(op, seq, (data, size), enqueued.get(place, now)))
+        rows.append(op_row(op, seq, (data, size), enqueued.get(place, now)))
         if seqs_of and op.op_id in seqs_of:
             seqs[op.op_id] = seq
     # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
@@ -431,10 +431,11 @@ def rows_on_key(conn: sqlite3.Connection, collection: str, key: str) -> list[Any
     return conn.execute(_ON_ONE_KEY, {"collection": collection, "key": key}).fetchall()
 
 
-def _row(
-    op: Op, seq: int, stored: tuple[Optional[str], int], enqueued_at: float
+def op_row(
+    op: Op, seq: Optional[int], stored: tuple[Optional[str], int], enqueued_at: float
 ) -> dict[str, object]:
-    """The parameters of `INSERT` for `op` at `seq` (`stored`: `encode(op)`)."""
+    """The parameters of `INSERT` for `op` at `seq` (`stored`: `encode(op)`), and of the
+    intake's insert (no seq)."""
     return {
         "seq": seq,
         "op_id": op.op_id,

@@ -239,16 +239,6 @@ class AgentState:
         self._keep_clock(cached)
         return stamp
 
-    def stamp_if_current(self, version: int) -> Optional[str]:
-        """A new HLC from the connection's copy of the clock if that copy was valid at
-        `PRAGMA data_version` `version`, else None. For a write the database itself checks
-        against `version` (outbox_new_key, db.MIGRATIONS version 5), outside a transaction;
-        if it is refused, the copy has only moved ahead, which a clock may always do."""
-        cached = getattr(self._conn, "clock", None)
-        if cached is None or cached[0] != version or self._conn.in_transaction:
-            return None
-        return cached[1].send()  # type: ignore[no-any-return]
-
     def stamp_many(self, count: int, *, persist: bool = True) -> list[str]:
         """`count` increasing HLCs in one read-modify-write of the persisted clock.
 

@@ -239,3 +239,40 @@ def test_a_version_6_database_is_migrated_and_its_ops_are_sent_first(tmp_path: P
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
     names = {row[0] for row in store.conn.execute("SELECT name FROM sqlite_master")}
     assert "outbox_new_key" not in names and "outbox_new_key_insert" not in names
+
+
+def test_an_op_placed_by_another_connection_while_it_is_looked_up_is_found(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.db"
+    reader = open_store(path, device_id="dev")
+    placer = open_store(path)
+    op_id = put(reader, "a")
+
+    def place_when_the_intake_is_read(sql: str) -> None:
+        if "FROM outbox_intake WHERE op_id" in sql:  # between the outbox and intake lookups
+            placer.outbox.place_intake()
+
+    reader.conn.set_trace_callback(place_when_the_intake_is_read)
+    try:
+        found = reader.outbox.get(op_id)
+    finally:
+        reader.conn.set_trace_callback(None)
+
+    assert found.op.key == "a"
+    assert waiting(reader.conn) == [] and placed_keys(reader.conn) == ["a"]
+
+
+def test_an_intake_emptied_behind_the_counts_back_is_placed_without_error(store: Store) -> None:
+    # Given a write undone by a savepoint the caller rolled back by hand, which the
+    # connection's copy of the counts cannot see
+    with transaction(store.conn):
+        store.conn.execute("SAVEPOINT by_hand")
+        put(store, "a")
+        store.conn.execute("ROLLBACK TO by_hand")
+        store.conn.execute("RELEASE by_hand")
+    assert waiting(store.conn) == []
+
+    # When the outbox next places its intake, Then nothing fails and the counts are right
+    assert store.outbox.claim() == []
+    assert store.outbox.depth() == 0

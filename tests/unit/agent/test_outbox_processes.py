@@ -12,6 +12,7 @@ pytestmark = pytest.mark.agent
 
 
 def all_ops(store):
+    store.outbox.place_intake()  # (what the writers left in the intake)
     rows = store.conn.execute("SELECT op_id, key, hlc FROM outbox ORDER BY seq").fetchall()
     return {row[0]: (row[1], row[2]) for row in rows}
 
