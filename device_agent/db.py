@@ -592,7 +592,8 @@ class _Transaction:
 def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
     """Run the block's reads on one snapshot of the database (a read transaction, unless a
     transaction is open already), so that a commit by another connection between two of
-    them (an op moving from the intake to the outbox, say) cannot be half seen."""
+    them (an op moving from the intake to the outbox, say) cannot be half seen. For reads
+    only: a write inside would take the write lock late, and outside `transaction()`."""
     if conn.in_transaction:
         yield
         return

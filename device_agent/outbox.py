@@ -325,12 +325,18 @@ class Outbox:
         )
 
     def _apply(self, growth: Growth, stamp: str = "") -> None:
-        """Add per-priority changes to outbox_totals, with the greatest HLC just stamped."""
+        """Add per-priority changes to outbox_totals, with the greatest HLC just stamped.
+
+        The next seq stored is never below the one this connection's copy counts to: should
+        that copy be ahead of the table (a savepoint rolled back by the caller's hand, which
+        the copy cannot see), seqs it handed out are then never handed out again."""
+        next_seqs = self._totals().next_seqs  # (before `_track` counts this growth in)
         rows = [
             {
                 "ops": ops,
                 "bytes": size,
                 "seqs": seqs,
+                "next": next_seqs[priority] + seqs,
                 "stale": stale,
                 "hlc": stamp,
                 "priority": priority,

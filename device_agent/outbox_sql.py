@@ -161,7 +161,7 @@ TOTALS = (
 )
 GROW = (
     "UPDATE outbox_totals SET ops = ops + :ops, bytes = bytes + :bytes, "
-    "next_seq = next_seq + :seqs, stale_keys = stale_keys + :stale, "
+    "next_seq = max(next_seq + :seqs, :next), stale_keys = stale_keys + :stale, "
     "last_hlc = max(last_hlc, :hlc) WHERE priority = :priority"
 )
 NO_STALE_KEYS = "UPDATE outbox_totals SET stale_keys = 0"

@@ -276,3 +276,30 @@ def test_an_intake_emptied_behind_the_counts_back_is_placed_without_error(store:
     # When the outbox next places its intake, Then nothing fails and the counts are right
     assert store.outbox.claim() == []
     assert store.outbox.depth() == 0
+
+
+def test_seqs_taken_in_a_savepoint_rolled_back_by_hand_are_never_handed_out_twice(
+    tmp_path: Path,
+) -> None:
+    # Given a connection whose copy of the totals counted seqs that a savepoint rolled back
+    # by the caller's hand took back from the table
+    path = tmp_path / "agent.db"
+    mine = open_store(path, device_id="dev")
+    theirs = open_store(path)
+    with transaction(mine.conn):
+        mine.conn.execute("SAVEPOINT by_hand")
+        for key in ("x", "y", "z"):
+            put(mine, key)
+        mine.outbox.claim()  # placed: seqs taken
+        mine.conn.execute("ROLLBACK TO by_hand")
+        mine.conn.execute("RELEASE by_hand")
+    # When this connection, then another, record and place writes
+    put(mine, "p")
+    mine.outbox.place_intake()
+    for key in ("q", "r", "s", "t"):
+        put(theirs, key)
+    theirs.outbox.place_intake()
+
+    # Then no seq was handed out twice, and every write is claimed once, in order
+    claimed = [p.op.key for p in theirs.outbox.claim(limit=10)]
+    assert claimed == ["p", "q", "r", "s", "t"]
