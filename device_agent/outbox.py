@@ -21,10 +21,11 @@ from device_agent.db import (
     DeviceConnection,
     caches_usable,
     data_version,
+    database_path,
     snapshot,
     transaction,
 )
-from device_agent.errors import NotFound, OutboxFull
+from device_agent.errors import DamagedDatabase, NotFound, OutboxFull
 from device_agent.outbox_draft import Draft, draft_write, prepare_write
 from device_agent.outbox_model import (
     DEFAULT_MAX_BYTES,
@@ -84,7 +85,7 @@ from device_agent.outbox_write import (
     op_row,
     store_ops,
 )
-from device_agent.state import AgentState
+from device_agent.state import DAMAGED_ADVICE, AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority
 
 # DELETE ... RETURNING (SQLite 3.35) removes ops and reports their totals in one statement.
@@ -293,7 +294,8 @@ class Outbox:
         ops = size = stale = 0
         next_seqs = {}
         intake = (0, 0)
-        for priority, count, bytes_, next_seq, stale_keys in conn.execute(TOTALS):
+        for row in conn.execute(TOTALS):
+            priority, count, bytes_, next_seq, stale_keys = _counts(conn, row)
             if priority < 0:  # the intake
                 intake = (count, bytes_)
                 continue
@@ -721,7 +723,8 @@ class Outbox:
         total_bytes = 0
         with snapshot(self._conn):
             for query in ("SELECT priority, ops, bytes FROM outbox_totals", INTAKE_BY_PRIORITY):
-                for priority, ops, size in self._conn.execute(query):
+                for row in self._conn.execute(query):
+                    priority, ops, size = _counts(self._conn, row)
                     depth[Priority(priority).name.lower()] += ops
                     total_bytes += size
             times = [self._conn.execute(query).fetchone()[0] for query in (OLDEST, INTAKE_OLDEST)]
@@ -763,6 +766,19 @@ class _Totals:
         self.size += entry[1]
         self.next_seqs[priority] += entry[2]
         self.stale += entry[3]
+
+
+def _counts(conn: sqlite3.Connection, row: Any) -> Any:
+    """A row of counts (outbox_totals), checked: DamagedDatabase, naming the file and what to
+    do, if a value is not a whole number (the file edited by hand, a failing disk)."""
+    if any(type(value) is not int for value in row):
+        location = database_path(conn)
+        raise DamagedDatabase(
+            f"agent database {location}: its outbox totals are damaged ({tuple(row)!r} holds "
+            f"a value that is not a whole number); {DAMAGED_ADVICE}",
+            path=location,
+        )
+    return row
 
 
 def _owner_alive(owner: Optional[str]) -> bool:

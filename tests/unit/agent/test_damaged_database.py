@@ -262,3 +262,24 @@ def test_the_cli_get_reports_damaged_op_data_in_one_line(db: Path) -> None:
     done = sync_agent(db, "get", "prefs", "k")
     assert done.returncode == 1 and done.stdout == ""
     one_line_error(done, str(db), "prefs/k", "damaged")
+
+
+@pytest.mark.parametrize(
+    ("column", "command"),
+    [
+        (column, command)
+        for column in ("ops", "bytes", "next_seq")
+        for command in (["status"], ["put", "prefs", "k2", "{}"], ["sync"])
+        if (column, command[0]) != ("next_seq", "status")  # (status does not read it)
+    ],
+)
+def test_damaged_outbox_totals_name_the_file_in_one_line(
+    db: Path, column: str, command: list[str]
+) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE outbox_totals SET {column} = 'many' WHERE priority = 2")
+
+    done = sync_agent(db, *command)
+
+    assert done.returncode == 1
+    one_line_error(done, str(db), "outbox totals are damaged", "restore it from a backup")
