@@ -73,7 +73,11 @@ index (delivery carries the ids of ops handed out).
   to minute: on 2026-11-25 the same code measured 33x at 07:07, 30x at 08:41 and 24x at
   09:15 UTC, while persist-queue stayed at 1.6-1.7k ops/s. Interleaved by hand at 09:20
   (five pairs, 20,000 ops each), schema versions 5 and 6 drained at 43k and 41k ops/s and
-  batched at 36k and 35k ops/s: within this machine's noise.
+  batched at 36k and 35k ops/s: within this machine's noise. Schema 7 measured 30x at 14:02
+  and 28x at 14:36 UTC, on a machine then ~25 % slower for CPU-bound work (the raw
+  baseline's drain: 132k and 146k ops/s against 183k at 09:26); interleaved by hand with
+  schema 6 at 14:00 (five pairs), the medians were 35.4k against 35.0k ops/s drained and
+  33.1k against 31.2k batched.
 - **Drain on a large backlog** costs about what it costs on a small one: acks do not touch
   a key index (their `outbox_keys` rows are left stale and swept in bulk) and a claimed
   batch is a run of neighbouring rows. An ack is one `DELETE ... RETURNING` through
