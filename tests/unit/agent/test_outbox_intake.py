@@ -263,14 +263,22 @@ def test_an_op_placed_by_another_connection_while_it_is_looked_up_is_found(
     assert waiting(reader.conn) == [] and placed_keys(reader.conn) == ["a"]
 
 
-def test_an_intake_emptied_behind_the_counts_back_is_placed_without_error(store: Store) -> None:
-    # Given a write undone by a savepoint the caller rolled back by hand, which the
-    # connection's copy of the counts cannot see
+def rolled_back_by_hand(store: Store, *keys: str, claim: bool = False) -> None:
+    """Record `keys` (and claim them) inside a savepoint the caller then rolls back by hand,
+    within a `transaction()`: the connection's copy of the totals cannot see that undo."""
     with transaction(store.conn):
         store.conn.execute("SAVEPOINT by_hand")
-        put(store, "a")
+        for key in keys:
+            put(store, key)
+        if claim:
+            store.outbox.claim()  # placed: seqs taken
         store.conn.execute("ROLLBACK TO by_hand")
         store.conn.execute("RELEASE by_hand")
+
+
+def test_an_intake_emptied_behind_the_counts_back_is_placed_without_error(store: Store) -> None:
+    # Given a write undone by a savepoint the caller rolled back by hand
+    rolled_back_by_hand(store, "a")
     assert waiting(store.conn) == []
 
     # When the outbox next places its intake, Then nothing fails and the counts are right
@@ -286,13 +294,7 @@ def test_seqs_taken_in_a_savepoint_rolled_back_by_hand_are_never_handed_out_twic
     path = tmp_path / "agent.db"
     mine = open_store(path, device_id="dev")
     theirs = open_store(path)
-    with transaction(mine.conn):
-        mine.conn.execute("SAVEPOINT by_hand")
-        for key in ("x", "y", "z"):
-            put(mine, key)
-        mine.outbox.claim()  # placed: seqs taken
-        mine.conn.execute("ROLLBACK TO by_hand")
-        mine.conn.execute("RELEASE by_hand")
+    rolled_back_by_hand(mine, "x", "y", "z", claim=True)
     # When this connection, then another, record and place writes
     put(mine, "p")
     mine.outbox.place_intake()
