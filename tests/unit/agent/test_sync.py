@@ -117,26 +117,13 @@ def test_an_op_whose_ack_was_lost_is_resent_and_applied_once(
     assert agent.status()["pending"] == 0
 
 
+@pytest.mark.parametrize("record_in_answer", [True, False])
 def test_superseded_write_is_acked_and_the_replica_takes_the_servers_record(
-    rig: Rig, server: ProtocolServer
+    rig: Rig, server: ProtocolServer, record_in_answer: bool
 ) -> None:
-    agent = rig.agent()
-    agent.put("prefs", "u1", {"theme": "light"})
-    # Another device wrote the same key later (a greater HLC)
-    server.write_as_other_device(
-        other_device_op(OpKind.PUT, "u1", {"theme": "dark"}, ahead_ms=5000)
-    )
-    summary = agent.sync(timeout=10)
-    assert summary.superseded == 1 and summary.synced
-    assert agent.get("prefs", "u1") == {"theme": "dark"}
-    assert agent.status()["pending"] == 0
-
-
-def test_superseded_write_answered_without_record_is_acked_and_the_pull_brings_the_record(
-    rig: Rig, server: ProtocolServer
-) -> None:
-    # Given the cloud leaves `record` out of its answer (past its response budget)
-    server.records_left_out = True
+    # Given a write, and another device's later write (a greater HLC) of the same key; the
+    # cloud may leave `record` out of its answer (past its response budget)
+    server.records_left_out = not record_in_answer
     agent = rig.agent()
     agent.put("prefs", "u1", {"theme": "light"})
     server.write_as_other_device(
@@ -144,7 +131,8 @@ def test_superseded_write_answered_without_record_is_acked_and_the_pull_brings_t
     )
     # When the agent syncs
     summary = agent.sync(timeout=10)
-    # Then the op is done, and the replica takes the server's record from /v1/changes
+    # Then the op is done, and the replica takes the server's record (from the answer, or
+    # else from /v1/changes)
     assert summary.superseded == 1 and summary.synced
     assert agent.status()["pending"] == 0
     assert agent.get("prefs", "u1") == {"theme": "dark"}
