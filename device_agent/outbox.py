@@ -90,7 +90,7 @@ from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority
 
 # DELETE ... RETURNING (SQLite 3.35) removes ops and reports their totals in one statement.
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-# Recorded writes wait in the intake (db.MIGRATIONS, version 7) until the outbox's next write
+# Recorded writes wait in the intake (schema.MIGRATIONS, version 7) until the outbox's next write
 # transaction places them, or until this many wait: readers of a key's ops scan it.
 INTAKE_PLACED_AT = 100
 # Stale outbox_keys rows are swept once there are more than this many (and more than live

@@ -4,7 +4,7 @@
 CHUNK = 500
 # Statements are constants: values only ever travel as parameters, and lists of values as
 # one JSON array parameter read with json_each.
-# Intake rows (db.MIGRATIONS, version 7) as the outbox's rows below: never handed out, so no
+# Intake rows (schema.MIGRATIONS, version 7) as the outbox's rows below: never handed out, so no
 # seq (NULL), no attempt, no error.
 _INTAKE_AS_PENDING = (
     "SELECT NULL, op_id, collection, key, kind, hlc, data, priority, 0, enqueued_at, NULL "
@@ -30,7 +30,7 @@ BY_SEQ = (
     "WHERE o.seq = :seq"
 )
 # Op ids to seqs: through delivery's index for ops handed out (every op the sync engine names),
-# else by scanning the outbox (the outbox has no op_id index: see db.MIGRATIONS, version 3).
+# else by scanning the outbox (the outbox has no op_id index: see schema.MIGRATIONS, version 3).
 SEQS_HANDED_OUT = (
     "SELECT op_id, seq FROM delivery WHERE op_id IN (SELECT value FROM json_each(:ids))"
 )
@@ -47,7 +47,7 @@ KEPT_TO_RESTAMP = (
     "WHERE (r.hlc > :clock OR r.hlc >= :earliest) "
     "AND EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = r.by_seq)"
 )
-# Walks the outbox in seq order, which is claim order (see db.MIGRATIONS, version 2), looks
+# Walks the outbox in seq order, which is claim order (see schema.MIGRATIONS, version 2), looks
 # each op up in the (small) delivery table, and stops after `limit` ready ones.
 CANDIDATES = (
     "SELECT o.seq, o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, "
@@ -88,7 +88,7 @@ TO_REMOVE = "SELECT priority, size FROM outbox WHERE seq IN (SELECT value FROM j
 REMOVE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(:seqs))"
 FORGET_KEY = "DELETE FROM outbox_keys WHERE collection = :collection AND key = :key AND seq = :seq"
 FORGET_ALL_KEYS = "DELETE FROM outbox_keys"
-# What pending ops replaced (db.MIGRATIONS, version 6): kept under the replacing op's seq.
+# What pending ops replaced (schema.MIGRATIONS, version 6): kept under the replacing op's seq.
 KEEP_REPLACED = (
     "INSERT OR REPLACE INTO outbox_replaced (by_seq, op_id, collection, key, kind, hlc, data, "
     "priority, size, enqueued_at) VALUES (:by_seq, :op_id, :collection, :key, :kind, :hlc, "
@@ -122,7 +122,7 @@ FORGET_STALE_KEYS = (
     "DELETE FROM outbox_keys "
     "WHERE NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.seq = outbox_keys.seq)"
 )
-# The intake: recorded writes not placed yet (db.MIGRATIONS, version 7), in recording order.
+# The intake: recorded writes not placed yet (schema.MIGRATIONS, version 7), in recording order.
 INTAKE = (
     "INSERT INTO outbox_intake (op_id, collection, key, kind, hlc, data, priority, size, "
     "enqueued_at) VALUES (:op_id, :collection, :key, :kind, :hlc, :data, :priority, :size, "

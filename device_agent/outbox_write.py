@@ -253,7 +253,7 @@ class _Placement:
         self.enqueued: dict[int, float] = {}  # enqueue times of moved ops, by insert place
         self.stored: list[Op] = []
         # The ops each op of the batch replaced or made dead, by its op id, with when they
-        # were enqueued (None: now): kept in case the cloud rejects it (db.MIGRATIONS, 6).
+        # were enqueued (None: now): kept in case the cloud rejects it (schema.MIGRATIONS, 6).
         self.replaced: dict[str, list[tuple[Op, Optional[float]]]] = {}
 
     def add(
@@ -377,7 +377,7 @@ def _insert(
         rows.append(op_row(op, seq, (data, size), enqueued.get(place, now)))
         if seqs_of and op.op_id in seqs_of:
             seqs[op.op_id] = seq
-    # A trigger adds each op's outbox_keys row (db.MIGRATIONS, version 3).
+    # A trigger adds each op's outbox_keys row (schema.MIGRATIONS, version 3).
     if len(rows) == 1:  # execute costs less than executemany for one row
         conn.execute(INSERT, rows[0])
     else:

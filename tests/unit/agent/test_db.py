@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from device_agent.db import SCHEMA_VERSION, open_database, transaction
+from device_agent.db import open_database, transaction
 from device_agent.errors import DatabaseError, SchemaTooNew
+from device_agent.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.agent
 

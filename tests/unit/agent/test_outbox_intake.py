@@ -1,4 +1,4 @@
-"""A recorded write is appended to the intake (db.MIGRATIONS, version 7), one row per write,
+"""A recorded write is appended to the intake (schema.MIGRATIONS, version 7), one row per write,
 and placed in the outbox, coalesced, by the outbox's next write transaction."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from unittest import mock
 import pytest
 
 from device_agent import Agent
-from device_agent.db import MIGRATIONS, open_database, transaction
+from device_agent.db import open_database, transaction
 from device_agent.errors import OutboxFull
 from device_agent.outbox import INTAKE_PLACED_AT
+from device_agent.schema import MIGRATIONS
 from shared.contracts import OpKind, Priority, parse_hlc
 from shared.contracts.hlc import format_hlc
 from tests.support.agent_store import Store, open_store
@@ -217,7 +218,7 @@ def test_a_new_device_id_names_the_next_stamps_although_writes_wait_in_the_intak
 
 def test_a_version_6_database_is_migrated_and_its_ops_are_sent_first(tmp_path: Path) -> None:
     path = tmp_path / "agent.db"
-    with mock.patch("device_agent.db.SCHEMA_VERSION", 6):
+    with mock.patch("device_agent.schema.SCHEMA_VERSION", 6):
         old = open_database(path)
     old.execute("""INSERT INTO kv (name, value) VALUES ('device_id', '"dev"')""")
     version = old.execute("PRAGMA data_version").fetchone()[0]

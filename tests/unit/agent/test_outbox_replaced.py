@@ -1,5 +1,5 @@
 """What a pending op replaced or made dead when it was recorded comes back if the cloud
-rejects it (outbox_replaced, db.MIGRATIONS version 6): a refused write never takes older
+rejects it (outbox_replaced, schema.MIGRATIONS version 6): a refused write never takes older
 accepted writes down with it."""
 
 from __future__ import annotations

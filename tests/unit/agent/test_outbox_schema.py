@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import device_agent.outbox as outbox_module
-from device_agent.db import MIGRATIONS, SCHEMA_VERSION, open_database, transaction
+from device_agent.db import open_database, transaction
 from device_agent.errors import NotFound, OutboxFull
 from device_agent.outbox import Outbox
 from device_agent.outbox_write import encode, new_op_ids
+from device_agent.schema import MIGRATIONS, SCHEMA_VERSION
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, Op, OpKind, Priority, parse_hlc
 from shared.contracts.hlc import format_hlc
@@ -251,8 +252,8 @@ def build_v2_database(path: Path) -> dict[str, Op]:
     """The v1 fixture migrated to version 2 only, as an agent of version 2 left it."""
     ops = build_v1_database(path)
     with (
-        mock.patch("device_agent.db.MIGRATIONS", MIGRATIONS[:2]),
-        mock.patch("device_agent.db.SCHEMA_VERSION", 2),
+        mock.patch("device_agent.schema.MIGRATIONS", MIGRATIONS[:2]),
+        mock.patch("device_agent.schema.SCHEMA_VERSION", 2),
     ):
         open_database(path).close()
     v2 = sqlite3.connect(str(path))
