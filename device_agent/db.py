@@ -37,8 +37,9 @@ class DeviceConnection(sqlite3.Connection):
     """
 
     clock: Any = None
-    # Outbox._totals: the outbox_totals rows summed, with the data_version they were read at;
-    # kept up to date by this connection's own changes (Outbox._apply), dropped on rollback.
+    # The outbox_totals rows summed (outbox_totals.read_totals), with the data_version they
+    # were read at; kept up to date by this connection's own changes (add_growth), dropped on
+    # rollback.
     totals: Any = None
     # Whether the open transaction was begun by transaction() (which also ends it, and clears
     # the caches when it rolls back), and its PRAGMA data_version once read (data_version()).

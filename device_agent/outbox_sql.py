@@ -132,7 +132,7 @@ INTAKE_ROWS = (
     "SELECT op_id, collection, key, kind, hlc, data, priority, size, enqueued_at "
     "FROM outbox_intake ORDER BY n"
 )
-# What placing needs to know of each intake row (Outbox.place_intake), in recording order.
+# What placing needs to know of each intake row (outbox_intake.place_intake), in recording order.
 INTAKE_BRIEF = "SELECT n, collection, key, priority, size, hlc FROM outbox_intake ORDER BY n"
 # Whether a write in the intake is on a key with an op in the outbox (it may coalesce). CROSS
 # JOIN keeps the join order: the few intake rows first, then a key lookup for each.
@@ -173,4 +173,21 @@ RELEASE = (
 RELEASE_UNATTEMPTED = (
     "UPDATE delivery SET leased_at = NULL, lease_until = NULL, lease_owner = NULL "
     "WHERE op_id IN (SELECT value FROM json_each(:ids))"
+)
+# The quarantine (outbox_quarantine): an op moved in with the reason, listed, put back.
+INSERT_QUARANTINED = (
+    "INSERT INTO quarantine (op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at, attempts, code, message, quarantined_at) "
+    "SELECT o.op_id, o.collection, o.key, o.kind, o.hlc, o.data, o.priority, o.size, "
+    "o.enqueued_at, COALESCE(d.attempts, 0), :code, :message, :now "
+    "FROM outbox AS o LEFT JOIN delivery AS d ON d.seq = o.seq WHERE o.seq = :seq"
+)
+QUARANTINED = (
+    "SELECT op_id, collection, key, kind, hlc, data, priority, code, message, attempts, "
+    "enqueued_at, quarantined_at FROM quarantine ORDER BY quarantined_at, hlc"
+)
+RETURN_QUARANTINED = (
+    "INSERT INTO outbox (seq, op_id, collection, key, kind, hlc, data, priority, size, "
+    "enqueued_at) SELECT :seq, op_id, collection, key, kind, hlc, data, priority, size, :now "
+    "FROM quarantine WHERE op_id = :op_id"
 )

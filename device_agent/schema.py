@@ -159,7 +159,7 @@ MIGRATIONS: list[list[str]] = [
         # page per op on a large backlog. A row whose op is gone is stale: readers join it to
         # the outbox and skip it. Stale rows go when their key is written again, all at once
         # when the outbox empties, and in a sweep when they outnumber the live ops
-        # (Outbox._remove).
+        # (outbox_removal.remove_seqs).
         """CREATE TABLE outbox_keys (
              collection TEXT NOT NULL,
              key        TEXT NOT NULL,

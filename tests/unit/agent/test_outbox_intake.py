@@ -14,7 +14,7 @@ import pytest
 from device_agent import Agent
 from device_agent.db import open_database, transaction
 from device_agent.errors import OutboxFull
-from device_agent.outbox import INTAKE_PLACED_AT
+from device_agent.outbox_intake import INTAKE_PLACED_AT
 from device_agent.schema import MIGRATIONS
 from shared.contracts import OpKind, Priority, parse_hlc
 from shared.contracts.hlc import format_hlc

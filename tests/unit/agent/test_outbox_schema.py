@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import device_agent.outbox as outbox_module
+import device_agent.outbox_removal as removal_module
 from device_agent.db import open_database, transaction
 from device_agent.errors import NotFound, OutboxFull
 from device_agent.outbox import Outbox
+from device_agent.outbox_totals import read_totals
 from device_agent.outbox_write import encode, new_op_ids
 from device_agent.schema import MIGRATIONS, SCHEMA_VERSION
 from device_agent.state import AgentState
@@ -440,7 +441,7 @@ def check_invariants(store: Store, threshold: int, history: SeqHistory) -> None:
     waiting = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox_intake").fetchone()
     assert store.outbox.depth() == len(rows) + waiting[0]
     # The connection's copy of the totals (kept across transactions) is what the tables say.
-    kept = store.outbox._totals()
+    kept = read_totals(conn)
     assert (kept.ops, kept.size) == tuple(map(sum, zip(*counted(conn).values())))
     assert (kept.intake_ops, kept.intake_size) == waiting
     assert kept.next_seqs == next_seqs(conn)
@@ -529,10 +530,10 @@ def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
     """Given any sequence of writes (priority-raising merges included), claims, acks, releases,
     quarantines and retries, with stale key rows swept above `threshold`: after every
     step the totals match the outbox, every op is found by its key, and no seq is reused."""
-    lazy = mock.patch.object(outbox_module, "SWEEP_STALE_KEYS_ABOVE", threshold)
+    lazy = mock.patch.object(removal_module, "SWEEP_STALE_KEYS_ABOVE", threshold)
     # Removal by DELETE ... RETURNING, or by the read-then-delete of SQLite before 3.35.
     removal = mock.patch.object(
-        outbox_module, "HAS_RETURNING", returning and outbox_module.HAS_RETURNING
+        removal_module, "HAS_RETURNING", returning and removal_module.HAS_RETURNING
     )
     with tempfile.TemporaryDirectory() as tmp, lazy, removal:
         store = open_store(Path(tmp) / "agent.db", device_id="dev", synchronous="OFF")
@@ -559,7 +560,7 @@ def test_totals_keys_and_seqs_stay_consistent_under_any_operations(
 
 @pytest.fixture
 def lazy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
-    monkeypatch.setattr(outbox_module, "SWEEP_STALE_KEYS_ABOVE", 5)
+    monkeypatch.setattr(removal_module, "SWEEP_STALE_KEYS_ABOVE", 5)
     return open_store(tmp_path / "agent.db", device_id="dev", now=FakeTime())
 
 
