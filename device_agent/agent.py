@@ -34,7 +34,8 @@ from device_agent.errors import DamagedDatabase, DatabaseError, NotConfigured
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
 from device_agent.replica import Replica
-from device_agent.state import DAMAGED_ADVICE, AgentState, Settings
+from device_agent.state import AgentState
+from device_agent.state_values import DAMAGED_ADVICE, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
 from device_agent.transport import (

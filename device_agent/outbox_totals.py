@@ -15,7 +15,7 @@ from device_agent.db import DeviceConnection, caches_usable, data_version, datab
 from device_agent.errors import DamagedDatabase
 from device_agent.outbox_sql import GROW, TOTALS
 from device_agent.outbox_write import Growth
-from device_agent.state import DAMAGED_ADVICE
+from device_agent.state_values import DAMAGED_ADVICE
 
 
 class Totals:

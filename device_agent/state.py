@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import sqlite3
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
-from enum import Enum
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from device_agent.db import DeviceConnection, caches_usable, data_version, transaction
 from device_agent.errors import DamagedDatabase
+from device_agent.state_values import (
+    DAMAGED,
+    DAMAGED_ADVICE,
+    REIDENTIFY,
+    REINIT,
+    STATS_FIELDS,
+    Connectivity,
+    Settings,
+    SyncStats,
+    json_type,
+    settings_problem,
+    shown,
+    sound_settings,
+    sound_stat,
+)
 from shared.contracts import HybridLogicalClock, limits, parse_hlc
 from shared.contracts.hlc import (
     MAX_LOGICAL,
@@ -39,68 +52,12 @@ STAMPS_OUT = "stamps_out"
 _UNSETTLED_KEPT = 64
 _NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")
 
-# What to do about a damaged value, by kv row (DamagedDatabase messages).
-_REINIT = "run `sync-agent init --endpoint URL --token TOKEN` to store them again"
-_REIDENTIFY = (
-    "run `sync-agent init --endpoint URL --token TOKEN --device-id ID` with this device's id "
-    "(a new id would make the device another one to the cloud)"
-)
-DAMAGED_ADVICE = (
-    "the file was changed outside the agent or the disk is failing: restore it from a backup, "
-    "or move it aside and run `sync-agent init` again (ops not yet synced stay in the moved file)"
-)
 _ROWS = {
-    "settings": ("settings", _REINIT),
-    "device_id": ("device id", _REIDENTIFY),
+    "settings": ("settings", REINIT),
+    "device_id": ("device id", REIDENTIFY),
     "clock": ("clock", DAMAGED_ADVICE),
     STAMPS_OUT: ("record of stamps sent", DAMAGED_ADVICE),
 }
-
-
-class Connectivity(str, Enum):
-    """What the agent last learnt about reaching the cloud."""
-
-    UNKNOWN = "unknown"
-    ONLINE = "online"
-    OFFLINE = "offline"
-    AUTH = "auth"  # the cloud refused the token: retrying will not help until it is fixed
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Where and as whom the agent syncs. `device_id` is also the node id of its HLCs."""
-
-    endpoint: Optional[str] = None
-    token: Optional[str] = None
-    device_id: str = ""
-    # The outbox's bounds for every process using the database (None: Outbox's defaults).
-    max_ops: Optional[int] = None
-    max_bytes: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class SyncStats:
-    """What `sync-agent status` reports about syncing (times are epoch seconds)."""
-
-    last_success_at: Optional[float] = None
-    last_attempt_at: Optional[float] = None
-    last_error: Optional[str] = None
-    # When `last_error` happened: an error older than `last_success_at` is history, not the
-    # current state (kept for the operator, not cleared by a later success).
-    last_error_at: Optional[float] = None
-    consecutive_failures: int = 0
-    current_backoff_s: float = 0.0
-    connectivity: Connectivity = Connectivity.UNKNOWN
-    clock_offset_ms: Optional[int] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the connectivity as its string value)."""
-        out = asdict(self)
-        out["connectivity"] = self.connectivity.value
-        return out
-
-
-_STATS_FIELDS = frozenset(f.name for f in fields(SyncStats))
 
 
 class AgentState:
@@ -130,9 +87,9 @@ class AgentState:
         a string, ...) raise DamagedDatabase saying to run `sync-agent init` again.
         """
         raw = self._get("settings") or {}
-        problem = _settings_problem(raw)
+        problem = settings_problem(raw)
         if problem:
-            raise self._damaged(f"its settings are damaged: {problem}", _REINIT)
+            raise self._damaged(f"its settings are damaged: {problem}", REINIT)
         return Settings(
             raw.get("endpoint"),
             raw.get("token"),
@@ -159,7 +116,7 @@ class AgentState:
         changes = {"endpoint": endpoint, "token": token, "max_ops": max_ops, "max_bytes": max_bytes}
         with transaction(self._conn):
             # A damaged row is replaced (this is how `init` repairs it), keeping what is sound.
-            raw = _sound_settings(self._get_or_none("settings"))
+            raw = sound_settings(self._get_or_none("settings"))
             if device_id is None:
                 self._ensure_device_id()  # before the settings row: it is proof of an id
             for name, value in changes.items():
@@ -207,7 +164,7 @@ class AgentState:
         if isinstance(stored, str) and _NODE_RE.match(stored):
             return stored
         if stored is not None:
-            problem = f"its device id is {_shown(stored)}, not a valid device id"
+            problem = f"its device id is {shown(stored)}, not a valid device id"
         elif self._text("settings") is not None or self.last_hlc():
             problem = "its device id is missing, although the database has been set up"
         else:
@@ -217,7 +174,7 @@ class AgentState:
         last = self.last_hlc()
         if last:
             problem += f" (the last stamp it issued names device {last.split('-', 2)[2]!r})"
-        raise self._damaged(problem, _REIDENTIFY)
+        raise self._damaged(problem, REIDENTIFY)
 
     # --- clock ---------------------------------------------------------------------------
 
@@ -437,10 +394,10 @@ class AgentState:
         known: dict[str, Any] = {}
         damaged = [] if isinstance(raw, dict) else ["the whole row"]
         for name, value in raw.items() if isinstance(raw, dict) else ():
-            if name not in _STATS_FIELDS:
+            if name not in STATS_FIELDS:
                 continue  # (a newer agent's statistic)
-            sound = _sound_stat(name, value)
-            if sound is _DAMAGED:
+            sound = sound_stat(name, value)
+            if sound is DAMAGED:
                 damaged.append(name)
             else:
                 known[name] = sound
@@ -455,9 +412,9 @@ class AgentState:
 
     def update_stats(self, **changes: Any) -> SyncStats:
         """Change the named SyncStats fields (others stay) and return the result."""
-        unknown = sorted(set(changes) - _STATS_FIELDS)
+        unknown = sorted(set(changes) - STATS_FIELDS)
         if unknown:
-            raise TypeError(f"unknown sync statistics {unknown}: known are {sorted(_STATS_FIELDS)}")
+            raise TypeError(f"unknown sync statistics {unknown}: known are {sorted(STATS_FIELDS)}")
         # Statistics are informational: not worth an fsync per update.
         with transaction(self._conn, durable=False):
             return self._update_stats(changes)
@@ -502,7 +459,7 @@ class AgentState:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self._row_damaged(name, f"is a JSON {_json_type(value)}, not an object")
+            raise self._row_damaged(name, f"is a JSON {json_type(value)}, not an object")
         return value
 
     def _row_damaged(self, name: str, problem: str) -> DamagedDatabase:
@@ -526,72 +483,3 @@ class AgentState:
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             {"name": name, "value": json.dumps(value)},
         )
-
-
-# --- checking stored values --------------------------------------------------------------
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _shown(value: Any) -> str:
-    """A stored value for a message: short, and as JSON would write it."""
-    text = json.dumps(value)
-    return text if len(text) <= 40 else f"a JSON {_json_type(value)}"
-
-
-def _whole(value: Any) -> bool:
-    return type(value) is int
-
-
-def _setting_problem(name: str, value: Any) -> str:
-    """What is wrong with one stored setting, or ""."""
-    if value is None:
-        return ""
-    if name == "endpoint" and not isinstance(value, str):
-        return f"the endpoint is {_shown(value)}, not a URL"
-    if name == "token" and not isinstance(value, str):
-        return f"the token is a JSON {_json_type(value)}, not a string"  # never shown
-    if name in ("max_ops", "max_bytes") and not (_whole(value) and value >= 1):
-        return f"{name} is {_shown(value)}, not a whole number above 0"
-    return ""
-
-
-def _settings_problem(raw: Any) -> str:
-    if not isinstance(raw, dict):
-        return f"a JSON {_json_type(raw)} instead of an object"
-    for name, value in raw.items():
-        problem = _setting_problem(name, value)
-        if problem:
-            return problem
-    return ""
-
-
-def _sound_settings(raw: Any) -> dict[str, Any]:
-    """The stored settings without their damaged parts (all of them if it is no object)."""
-    if not isinstance(raw, dict):
-        return {}
-    return {name: value for name, value in raw.items() if not _setting_problem(name, value)}
-
-
-_DAMAGED = object()
-
-
-def _sound_stat(name: str, value: Any) -> Any:
-    """`value` as the statistic `name` holds it, or _DAMAGED."""
-    if name == "connectivity":
-        known = {state.value: state for state in Connectivity}
-        return known.get(value, _DAMAGED) if isinstance(value, str) else _DAMAGED
-    if name == "last_error":
-        return value if value is None or isinstance(value, str) else _DAMAGED
-    if value is None and name not in ("consecutive_failures", "current_backoff_s"):
-        return None
-    if name in ("consecutive_failures", "clock_offset_ms"):
-        ok = _whole(value) and (name == "clock_offset_ms" or value >= 0)
-        return value if ok else _DAMAGED
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if number and math.isfinite(value) and value >= 0 else _DAMAGED

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from device_agent.db import open_database, transaction
-from device_agent.state import AgentState, Connectivity, SyncStats
+from device_agent.state import AgentState
+from device_agent.state_values import Connectivity, SyncStats
 from shared.contracts import parse_hlc
 from shared.contracts.hlc import format_hlc
 from tests.support.agent_store import open_store
