@@ -275,8 +275,8 @@ PYTHON_ON_RAW = "raw sqlite3 + the outbox's Python"
 
 
 def _python_on_raw(path: Path) -> Callable[[], None]:
+    from device_agent.op_ids import new_op_id
     from device_agent.outbox_draft import draft_write
-    from device_agent.outbox_write import new_op_id
     from shared.contracts.hlc import HybridLogicalClock
 
     conn = sqlite3.connect(path, isolation_level=None)

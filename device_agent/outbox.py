@@ -19,6 +19,7 @@ from typing import Any, Callable, NoReturn, Optional, Union
 
 from device_agent.db import snapshot, transaction
 from device_agent.errors import NotFound, OutboxFull
+from device_agent.op_ids import new_op_id, new_op_ids
 from device_agent.outbox_draft import Draft, draft_write, prepare_write
 from device_agent.outbox_intake import INTAKE_PLACED_AT, place_intake
 from device_agent.outbox_leases import recover_leases
@@ -56,7 +57,7 @@ from device_agent.outbox_sql import (
     TO_RESTAMP,
 )
 from device_agent.outbox_totals import Totals, add_growth, checked_counts, read_totals, track_growth
-from device_agent.outbox_write import Growth, new_op_id, new_op_ids, op_row, store_ops
+from device_agent.outbox_write import Growth, op_row, store_ops
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, JsonObject, Op, OpKind, Priority
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Union
 
+from device_agent.op_ids import OP_ID_CHARS, new_op_ids
 from device_agent.outbox_model import WriteItem, make_op
-from device_agent.outbox_write import OP_ID_CHARS, encode, new_op_ids, stored_size
+from device_agent.outbox_write import encode, stored_size
 from shared.contracts import JsonObject, Op, OpKind, Priority, parse_op
 from shared.contracts.validation import encode_valid_write
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from device_agent.op_ids import new_op_ids
 from device_agent.outbox_model import pending_from_row, pending_from_rows
-from device_agent.outbox_write import new_op_ids
 from shared.contracts import ContractError, OpKind, Priority, limits, parse_op
 from shared.contracts.model import encoded_size
 from shared.contracts.validation import encode_valid_op

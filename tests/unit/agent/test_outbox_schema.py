@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 import device_agent.outbox_removal as removal_module
 from device_agent.db import open_database, transaction
 from device_agent.errors import NotFound, OutboxFull
+from device_agent.op_ids import new_op_id, new_op_ids
 from device_agent.outbox import Outbox
 from device_agent.outbox_totals import read_totals
-from device_agent.outbox_write import encode, new_op_ids
+from device_agent.outbox_write import encode
 from device_agent.schema import MIGRATIONS, SCHEMA_VERSION
 from device_agent.state import AgentState
 from shared.contracts import ErrorCode, Op, OpKind, Priority, parse_hlc
@@ -843,14 +844,12 @@ def test_an_outbox_on_a_plain_sqlite3_connection_records_and_empties(tmp_path: P
 def test_op_ids_do_not_repeat_when_the_application_seeds_random() -> None:
     import random
 
-    from device_agent import outbox_write
-
     # The ids' random part (the rest is the clock and a counter) ignores the global seed:
     # the same seed twice gives different bits, so ids made in one millisecond differ.
     random.seed(7)
-    first = outbox_write.new_op_id()
+    first = new_op_id()
     random.seed(7)
-    second = outbox_write.new_op_id()
+    second = new_op_id()
     assert first.split("-")[3:] != second.split("-")[3:]
 
 
