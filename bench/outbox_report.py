@@ -35,7 +35,7 @@ ANALYSIS = """\
 Where the time goes (statement timings with `perf_counter_ns` and cProfile, and the
 "statements alone" and "raw sqlite3 + the outbox's Python" subjects of this run, on this
 machine; see the goals table for which goals this run met). The outbox tables are those of
-schema version 7 (`device_agent/db.py`, described in `docs/architecture.md`; version 7 adds
+schema version 7 (`device_agent/schema.py`, described in `docs/architecture.md`; version 7 adds
 the intake, where single writes wait to be placed): the table's
 seq order is the claim order, ops by key live in `outbox_keys` (rows added by a trigger,
 left stale by acks), the totals are updated once per statement, and the outbox has no op id

@@ -137,7 +137,7 @@ class Outbox:
                 or totals.size + totals.intake_size + draft.size > self.max_bytes
             ):
                 # Placed now, after the intake: coalescing may keep it within the bounds.
-                place_intake(self._conn, now)
+                place_intake(self._conn, self._now)
                 return self._store([draft], [self._state.stamp_unsaved()], now)[0]
             # The intake row persists the stamp too (AgentState._last_recorded).
             op = draft.op(new_op_id(), self._state.stamp_unsaved())
@@ -152,7 +152,7 @@ class Outbox:
         were recorded, coalesced as `record_many` would (one transaction; durable already,
         they need no fsync to move). Not checked against the bounds: `record` did that."""
         with transaction(self._conn, durable=False):
-            place_intake(self._conn, self._now())
+            place_intake(self._conn, self._now)
 
     def record_many(self, items: Iterable[WriteItem]) -> list[Op]:
         """Record several writes in one transaction: all of them are stored, or none.
@@ -169,7 +169,7 @@ class Outbox:
         drafts = [prepare_write(item, placeholder) for item in writes]
         now = self._now()
         with transaction(self._conn):
-            place_intake(self._conn, now)  # (recorded before these: placed before them)
+            place_intake(self._conn, self._now)  # (recorded before these: placed before them)
             # The last stamp is persisted with the totals (add_growth), not as a write of its
             # own.
             stamps = self._state.stamp_many(len(drafts), persist=False)
@@ -236,7 +236,7 @@ class Outbox:
             return []
         at = self._now() if now is None else now
         with transaction(self._conn, durable=False):
-            place_intake(self._conn, self._now())
+            place_intake(self._conn, self._now)
             candidates = self._conn.execute(CANDIDATES, {"now": at, "limit": limit}).fetchall()
             rows: list[Any] = []
             total = 0
@@ -265,7 +265,7 @@ class Outbox:
         ids = list(dict.fromkeys(op_ids))
         removed = 0
         with transaction(self._conn, durable=False):
-            place_intake(self._conn, self._now())  # (a direct caller may ack an op never claimed)
+            place_intake(self._conn, self._now)  # (a direct caller may ack an op never claimed)
             for start in range(0, len(ids), CHUNK):
                 removed += remove_ids(self._conn, ids[start : start + CHUNK])
         return removed
@@ -290,8 +290,9 @@ class Outbox:
     def recover_leases(self) -> int:
         """Make ops leased by a dead process (or with an expired lease) pending again
         (outbox_leases)."""
+        now = self._now()
         with transaction(self._conn, durable=False):
-            return recover_leases(self._conn, self._now())
+            return recover_leases(self._conn, now)
 
     def restamp(self, op_ids: Iterable[str]) -> list[Op]:
         """Give the named ops fresh HLCs from the (corrected) clock, keeping the order of all.
@@ -304,7 +305,7 @@ class Outbox:
         """
         ids = list(dict.fromkeys(op_ids))
         with transaction(self._conn):
-            place_intake(self._conn, self._now())
+            place_intake(self._conn, self._now)
             seqs = [
                 seq
                 for start in range(0, len(ids), CHUNK)
@@ -348,12 +349,11 @@ class Outbox:
         """Move an op the cloud rejected permanently out of the queue, keeping the reason;
         what it had replaced comes back (outbox_quarantine)."""
         reason = code.value if isinstance(code, ErrorCode) else str(code)
-        now = self._now()
         with transaction(self._conn):
-            place_intake(self._conn, now)  # (an op never claimed may still wait there)
+            place_intake(self._conn, self._now)  # (an op never claimed may still wait there)
             missing = f"op {op_id} is not in the outbox (already acked or quarantined?)"
             seq = seq_of(self._conn, op_id, missing)
-            quarantine_seq(self._conn, seq, reason, message, now)
+            quarantine_seq(self._conn, seq, reason, message, self._now())
 
     def quarantined(self) -> list[QuarantinedOp]:
         """Every quarantined op, oldest quarantine first."""
@@ -365,10 +365,11 @@ class Outbox:
         It keeps its op id and HLC (a retry must stay idempotent) and is never a target for
         coalescing, since newer writes on its key may already have been sent.
         """
-        now = self._now()
         with transaction(self._conn):
-            place_intake(self._conn, now)  # (recorded before it is put back: placed before it)
-            seq = return_quarantined(self._conn, op_id, now, self._check_bounds)
+            place_intake(
+                self._conn, self._now
+            )  # (recorded before it is put back: placed before it)
+            seq = return_quarantined(self._conn, op_id, self._now(), self._check_bounds)
             return self._pending_at(seq).op
 
     def drop_quarantined(self, op_id: str) -> None:

@@ -9,7 +9,7 @@ durable already, and a placement lost to a power cut leaves them in the intake.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Callable
 
 from device_agent.outbox_model import op_from_row
 from device_agent.outbox_sql import (
@@ -27,9 +27,9 @@ from device_agent.outbox_write import Growth, store_ops
 INTAKE_PLACED_AT = 100
 
 
-def place_intake(conn: sqlite3.Connection, now: float) -> None:
-    """Place the intake's writes in the outbox, inside the open write transaction (`now`:
-    the time ops that moved are counted as enqueued at, as `store_ops` takes it)."""
+def place_intake(conn: sqlite3.Connection, now: Callable[[], float]) -> None:
+    """Place the intake's writes in the outbox, inside the open write transaction (`now`: the
+    clock, read only if writes are coalesced, for the time `store_ops` takes)."""
     # Read, not taken from the connection's copy of the counts: a savepoint rolled back by
     # the caller's hand would leave that copy wrong.
     brief = conn.execute(INTAKE_BRIEF).fetchall()
@@ -47,7 +47,7 @@ def place_intake(conn: sqlite3.Connection, now: float) -> None:
         _, growth = store_ops(
             conn,
             [op_from_row(row[:7]) for row in rows],
-            now,
+            now(),
             dict(totals.next_seqs),
             [(row[5], row[7]) for row in rows],
             recorded_at=[row[8] for row in rows],
