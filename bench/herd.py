@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from bench.common import IMG, Context, Goal, Section, fmt, header, percentile, table
 from device_agent.backoff import ExponentialBackoff, Jitter, ReconnectJitter
 from device_agent.network import Connectivity, NetworkMonitor
-from device_agent.transport import HealthOutcome, Healthy, Traffic, Unreachable
+from device_agent.outcomes import HealthOutcome, Healthy, Traffic, Unreachable
 from device_agent.worker import Worker
 
 BIN_S = 0.1

@@ -33,20 +33,13 @@ from device_agent.db import database_error, is_unusable, open_database, transact
 from device_agent.errors import DamagedDatabase, DatabaseError, NotConfigured
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
+from device_agent.outcomes import Failure, ServerError, Throttled, Unreachable
 from device_agent.replica import Replica
 from device_agent.state import AgentState
 from device_agent.state_values import DAMAGED_ADVICE, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
-from device_agent.transport import (
-    NOT_JSON,
-    Failure,
-    HttpTransport,
-    ServerError,
-    Throttled,
-    Transport,
-    Unreachable,
-)
+from device_agent.transport import NOT_JSON, HttpTransport, Transport
 from shared.contracts import ContractError, JsonObject, OpKind, Priority
 from shared.contracts.hlc import NODE_PATTERN, validate_node_id
 from shared.contracts.validation import check_collection, check_key

@@ -25,10 +25,10 @@ from typing import NoReturn, Optional
 
 from device_agent.agent import Agent, retry_may_help, token_device_id
 from device_agent.errors import AgentError, InvalidInput, NotConfigured, NotFound
+from device_agent.outcomes import BadRequest, Failure, ServerError
 from device_agent.progress import Progress
 from device_agent.summary import ProcessingSummary
 from device_agent.sync_failures import describe
-from device_agent.transport import BadRequest, Failure, ServerError
 from device_agent.worker import Worker
 from shared.contracts import ContractError, Priority
 

@@ -18,8 +18,8 @@ import time
 from typing import Callable, Optional
 
 from device_agent.backoff import BackoffStrategy, Clock, ExponentialBackoff
+from device_agent.outcomes import AuthFailed, HealthOutcome, Outcome, Unreachable
 from device_agent.state_values import Connectivity  # one vocabulary for the monitor and `status`
-from device_agent.transport import AuthFailed, HealthOutcome, Outcome, Unreachable
 
 log = logging.getLogger("device_agent.network")
 

@@ -23,11 +23,7 @@ from device_agent.db import transaction
 from device_agent.errors import NotFound
 from device_agent.network import Connectivity, NetworkMonitor, classify
 from device_agent.outbox import Outbox, PendingOp
-from device_agent.replica import Replica
-from device_agent.state import AgentState
-from device_agent.summary import ProcessingSummary
-from device_agent.sync_failures import Stop, describe, failure_name
-from device_agent.transport import (
+from device_agent.outcomes import (
     Accepted,
     AuthFailed,
     BadRequest,
@@ -37,10 +33,13 @@ from device_agent.transport import (
     Page,
     Throttled,
     TooLarge,
-    Transport,
     Unreachable,
-    new_batch_id,
 )
+from device_agent.replica import Replica
+from device_agent.state import AgentState
+from device_agent.summary import ProcessingSummary
+from device_agent.sync_failures import Stop, describe, failure_name
+from device_agent.transport import Transport, new_batch_id
 from shared.contracts import BatchResponse, ErrorCode, OpStatus, limits
 
 log = logging.getLogger("device_agent.sync")

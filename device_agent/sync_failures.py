@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from device_agent.transport import AuthFailed, Failure, Throttled, Unreachable
+from device_agent.outcomes import AuthFailed, Failure, Throttled, Unreachable
 
 
 class Stop(Exception):

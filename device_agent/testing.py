@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union, cast
 
 from device_agent.backoff import Clock
-from device_agent.transport import (
+from device_agent.outcomes import (
     Failure,
     HealthOutcome,
     Outcome,
     PullOutcome,
     PushOutcome,
     Throttled,
-    Transport,
     Unreachable,
 )
+from device_agent.transport import Transport
 from shared.contracts import Op
 
 ALL_CALLS = frozenset({"health", "push", "pull"})

@@ -1,10 +1,10 @@
 """HTTP to the FieldSync API: one typed outcome per whole-request result (PROTOCOL.md).
 
 The sync engine never sees an exception from the network: every call returns a value it
-can act on (`Accepted`, `Page`, `BadRequest`, `AuthFailed`, `TooLarge`, `CursorExpired`,
-`Throttled`, `ServerError`, `Unreachable`). `Transport` is the interface; `HttpTransport`
-speaks HTTP with `requests`, and `device_agent.testing.FaultTransport` wraps any transport
-to inject failures.
+can act on (the outcomes of `device_agent.outcomes`: `Accepted`, `Page`, `BadRequest`,
+`AuthFailed`, `TooLarge`, `CursorExpired`, `Throttled`, `ServerError`, `Unreachable`).
+`Transport` is the interface; `HttpTransport` speaks HTTP with `requests`, and
+`device_agent.testing.FaultTransport` wraps any transport to inject failures.
 
 The device token goes only into the Authorization header: it is never logged and never
 shown by `repr`.
@@ -20,12 +20,26 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
+from device_agent.outcomes import (
+    Accepted,
+    AuthFailed,
+    BadRequest,
+    CursorExpired,
+    Failure,
+    HealthOutcome,
+    Healthy,
+    Page,
+    PullOutcome,
+    PushOutcome,
+    ServerError,
+    Throttled,
+    TooLarge,
+    Traffic,
+    Unreachable,
+)
 from shared.contracts import (
-    BatchResponse,
-    ChangesPage,
     ContractError,
     Op,
     encoded_size,
@@ -48,110 +62,6 @@ NOT_JSON = (
 )
 # Bytes of the batch envelope around the ops: {"batch_id":"<36>","ops":[...]} and commas.
 _ENVELOPE_BYTES = 64
-
-
-@dataclass(frozen=True)
-class Traffic:
-    """Bytes on the wire for one request (request body as sent, response body as received)."""
-
-    sent: int = 0
-    received: int = 0
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """200 from POST /v1/batches: one result per op."""
-
-    response: BatchResponse
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class Page:
-    """200 from GET /v1/changes."""
-
-    page: ChangesPage
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class Healthy:
-    """200 from GET /v1/health."""
-
-    server_time: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class BadRequest:
-    """400: malformed JSON or schema. The sender bisects to find the bad op."""
-
-    code: str
-    message: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class AuthFailed:
-    """401/403: token missing, invalid or revoked. Retrying cannot help until it changes."""
-
-    status: int
-    message: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class TooLarge:
-    """413: more ops or bytes than the server accepts. The sender halves its batch."""
-
-    message: str
-    max_ops: Optional[int] = None
-    max_bytes: Optional[int] = None
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class CursorExpired:
-    """410 from /v1/changes: the cursor is older than the tombstone retention."""
-
-    message: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class Throttled:
-    """429 or 503: wait at least `retry_after` seconds (when given), then resend."""
-
-    status: int
-    retry_after: Optional[float]
-    message: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class ServerError:
-    """Any other 5xx, an unexpected status, or a 200 whose body breaks the protocol."""
-
-    status: int
-    message: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-@dataclass(frozen=True)
-class Unreachable:
-    """No HTTP answer at all: DNS, refused connection, reset, timeout."""
-
-    reason: str
-    traffic: Traffic = field(default_factory=Traffic)
-
-
-Failure = Union[
-    BadRequest, AuthFailed, TooLarge, CursorExpired, Throttled, ServerError, Unreachable
-]
-PushOutcome = Union[Accepted, Failure]
-PullOutcome = Union[Page, Failure]
-HealthOutcome = Union[Healthy, Failure]
-Outcome = Union[Accepted, Page, Healthy, Failure]
 
 
 class Transport(Protocol):

@@ -55,8 +55,8 @@ from device_agent.backoff import (
 )
 from device_agent.errors import DatabaseError
 from device_agent.network import Connectivity
+from device_agent.outcomes import Healthy
 from device_agent.sync import SyncEngine
-from device_agent.transport import Healthy
 
 log = logging.getLogger("device_agent.worker")
 

@@ -20,7 +20,7 @@ import pytest
 
 from device_agent import Agent
 from device_agent.agent import retry_may_help
-from device_agent.transport import ServerError, Throttled
+from device_agent.outcomes import ServerError, Throttled
 from tests.support.agent_cli import sync_agent
 from tests.support.protocol_server import ProtocolServer
 

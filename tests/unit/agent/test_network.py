@@ -10,15 +10,9 @@ import pytest
 
 from device_agent.backoff import ConstantBackoff
 from device_agent.network import Connectivity, NetworkMonitor
+from device_agent.outcomes import AuthFailed, Healthy, ServerError, Throttled, Unreachable
 from device_agent.testing import FaultTransport
-from device_agent.transport import (
-    AuthFailed,
-    Healthy,
-    HttpTransport,
-    ServerError,
-    Throttled,
-    Unreachable,
-)
+from device_agent.transport import HttpTransport
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent

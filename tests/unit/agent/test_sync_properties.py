@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from device_agent import Agent
 from device_agent.backoff import ConstantBackoff, RetryPolicy
+from device_agent.outcomes import ServerError
 from device_agent.sync import SyncConfig
 from device_agent.testing import FaultTransport
-from device_agent.transport import HttpTransport, ServerError, Transport
+from device_agent.transport import HttpTransport, Transport
 from tests.support.protocol_server import ProtocolServer
 
 pytestmark = pytest.mark.agent

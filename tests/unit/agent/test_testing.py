@@ -7,16 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from device_agent.outcomes import Accepted, Healthy, ServerError, Throttled, Unreachable
 from device_agent.testing import FaultTransport
-from device_agent.transport import (
-    Accepted,
-    Healthy,
-    HttpTransport,
-    ServerError,
-    Throttled,
-    Unreachable,
-    new_batch_id,
-)
+from device_agent.transport import HttpTransport, new_batch_id
 from shared.contracts import Op, OpKind, OpStatus
 from tests.support.protocol_server import ProtocolServer
 

@@ -13,18 +13,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from device_agent.transport import (
+from device_agent.outcomes import (
     Accepted,
     AuthFailed,
     BadRequest,
     CursorExpired,
     Healthy,
-    HttpTransport,
     Page,
     ServerError,
     Throttled,
     TooLarge,
     Unreachable,
+)
+from device_agent.transport import (
+    HttpTransport,
     new_batch_id,
     op_bytes,
     parse_retry_after,

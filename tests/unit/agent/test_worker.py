@@ -18,8 +18,9 @@ import pytest
 
 from device_agent import Agent
 from device_agent.backoff import ConstantBackoff, ExponentialBackoff, Jitter, RetryPolicy
+from device_agent.outcomes import ServerError
 from device_agent.testing import FaultTransport
-from device_agent.transport import HttpTransport, ServerError, Transport
+from device_agent.transport import HttpTransport, Transport
 from device_agent.worker import Worker
 from shared.contracts import Op, OpKind, format_hlc
 from tests.support.protocol_server import ProtocolServer
