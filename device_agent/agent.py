@@ -12,36 +12,33 @@ An Agent owns one SQLite connection and belongs to the thread that opened it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import ipaddress
 import json
 import math
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union, cast
-from urllib.parse import urlsplit
 
 from device_agent.backoff import ExponentialBackoff, RetryPolicy
 from device_agent.db import database_error, is_unusable, open_database, transaction
 from device_agent.errors import DamagedDatabase, DatabaseError, NotConfigured
+from device_agent.init_checks import check_endpoint, token_device_id
 from device_agent.network import NetworkMonitor
 from device_agent.outbox import Outbox
-from device_agent.outcomes import Failure, ServerError, Throttled, Unreachable
+from device_agent.outcomes import Failure
 from device_agent.replica import Replica
 from device_agent.state import AgentState
 from device_agent.state_values import DAMAGED_ADVICE, Settings
 from device_agent.summary import ProcessingSummary
 from device_agent.sync import SyncConfig, SyncEngine
-from device_agent.transport import NOT_JSON, HttpTransport, Transport
+from device_agent.sync_failures import retry_may_help
+from device_agent.transport import HttpTransport, Transport
 from shared.contracts import ContractError, JsonObject, OpKind, Priority
-from shared.contracts.hlc import NODE_PATTERN, validate_node_id
+from shared.contracts.hlc import validate_node_id
 from shared.contracts.validation import check_collection, check_key
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -50,18 +47,6 @@ TransportFactory = Callable[[str, str], Transport]
 
 _SETTLED = ("auth", "timeout", "stopped")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def retry_may_help(failure: Failure) -> bool:
-    """Whether the same request may succeed later: True for an unreachable cloud, a timeout
-    (408 too), throttling (429/503), other 5xx and an answer that is not JSON (a captive
-    portal); False for an answer that will not change by itself - a refused token, a 400, a
-    404 or any other 4xx, JSON that breaks the protocol."""
-    if isinstance(failure, (Unreachable, Throttled)):
-        return True
-    if not isinstance(failure, ServerError):
-        return False
-    return 500 <= failure.status <= 599 or failure.status == 408 or failure.message == NOT_JSON
 
 
 def _naming_the_file(method: _Method) -> _Method:
@@ -81,72 +66,6 @@ def _naming_the_file(method: _Method) -> _Method:
             raise self._damaged("a stored value is not valid JSON", exc) from exc
 
     return cast(_Method, checked)
-
-
-# A cloud-issued token: `fs1.<base64url(device id), unpadded>.<43+ chars of secret>` (the
-# format of shared/dal/devices.py, restated here: the agent does not import the DAL).
-_TOKEN_PREFIX = "fs1"  # noqa: S105 - a format marker, not a secret
-_TOKEN_SECRET_MIN_CHARS = 43
-_NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")  # \Z: $ allows a final newline
-
-
-def token_device_id(token: str) -> Optional[str]:
-    """The device id a cloud-issued token names, or None if the token is not of that form."""
-    parts = token.split(".")
-    if len(parts) != 3 or parts[0] != _TOKEN_PREFIX or len(parts[2]) < _TOKEN_SECRET_MIN_CHARS:
-        return None
-    try:
-        padded = parts[1] + "=" * (-len(parts[1]) % 4)
-        device_id = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
-    except (binascii.Error, UnicodeError, ValueError):
-        return None
-    return device_id if _NODE_RE.match(device_id) else None
-
-
-_ENDPOINT_EXAMPLE = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod"
-
-
-def check_endpoint(endpoint: str) -> str:
-    """`endpoint` if the transport can send requests to it, else ValueError saying why.
-
-    The base URL of the API: http or https, a host, an optional port and path; no spaces or
-    control characters, no query or fragment (the transport appends `/v1/...` to it). Checked
-    by `init`, so a typo is refused there instead of showing up later as "unreachable".
-    """
-    if not isinstance(endpoint, str):
-        raise ValueError(f"endpoint must be a URL string, not {type(endpoint).__name__}")
-    problem = _endpoint_problem(endpoint)
-    if problem:
-        raise ValueError(f"endpoint {endpoint!r} {problem}; e.g. {_ENDPOINT_EXAMPLE}")
-    return endpoint
-
-
-def _endpoint_problem(endpoint: str) -> str:
-    """What makes `endpoint` unusable, or "" if nothing does."""
-    if any(ch.isspace() or not ch.isprintable() for ch in endpoint):
-        return "contains a space or a control character: remove it"
-    if not endpoint.lower().startswith(("http://", "https://")):
-        return "must start with http:// or https://"
-    try:
-        parts = urlsplit(endpoint)
-        port = parts.port  # a port that is not a number from 0 to 65535 is a ValueError
-    except ValueError as exc:
-        return f"is not a valid URL ({exc})"
-    host = parts.hostname or ""
-    if not host:
-        return "has no host name: give one after the //"
-    if parts.query or parts.fragment or endpoint.endswith(("?", "#")):
-        return "must not have a query (?...) or fragment (#...): give the API's base URL"
-    if port == 0:
-        return "has port 0: give the port the API listens on, or none"
-    if ":" in host:  # an IPv6 address, written in brackets
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            return f"has an invalid IPv6 address {host!r}"
-    elif host.startswith((".", "-")) or not all(ch.isalnum() or ch in "-._" for ch in host):
-        return f"has an invalid host name {host!r}"
-    return ""
 
 
 def default_sync_policy() -> RetryPolicy:

@@ -23,12 +23,13 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn, Optional
 
-from device_agent.agent import Agent, retry_may_help, token_device_id
+from device_agent.agent import Agent
 from device_agent.errors import AgentError, InvalidInput, NotConfigured, NotFound
+from device_agent.init_checks import token_device_id
 from device_agent.outcomes import BadRequest, Failure, ServerError
 from device_agent.progress import Progress
 from device_agent.summary import ProcessingSummary
-from device_agent.sync_failures import describe
+from device_agent.sync_failures import describe, retry_may_help
 from device_agent.worker import Worker
 from shared.contracts import ContractError, Priority
 

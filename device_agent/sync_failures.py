@@ -1,10 +1,12 @@
-"""Naming and describing why a sync round stopped, for summaries, status and logs."""
+"""Naming and describing why a sync round stopped, for summaries, status and logs, and
+whether trying again later may help (the CLI's exit code, `Agent.sync`'s retries)."""
 
 from __future__ import annotations
 
 from typing import Union
 
-from device_agent.outcomes import AuthFailed, Failure, Throttled, Unreachable
+from device_agent.outcomes import AuthFailed, Failure, ServerError, Throttled, Unreachable
+from device_agent.transport import NOT_JSON
 
 
 class Stop(Exception):
@@ -44,3 +46,15 @@ def describe(failure: Union[Failure, str]) -> str:
     status = getattr(failure, "status", None)
     message = getattr(failure, "message", "")
     return f"{failure_name(failure)}{f' (HTTP {status})' if status else ''}: {message}"
+
+
+def retry_may_help(failure: Failure) -> bool:
+    """Whether the same request may succeed later: True for an unreachable cloud, a timeout
+    (408 too), throttling (429/503), other 5xx and an answer that is not JSON (a captive
+    portal); False for an answer that will not change by itself - a refused token, a 400, a
+    404 or any other 4xx, JSON that breaks the protocol."""
+    if isinstance(failure, (Unreachable, Throttled)):
+        return True
+    if not isinstance(failure, ServerError):
+        return False
+    return 500 <= failure.status <= 599 or failure.status == 408 or failure.message == NOT_JSON

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from device_agent import Agent
-from device_agent.agent import token_device_id
 from device_agent.errors import ForeignDatabase, NotConfigured, NotInitialised, OutboxFull
+from device_agent.init_checks import token_device_id
 from device_agent.worker import Worker
 from shared.contracts import ContractError
 from shared.contracts.validation import encode_valid_op

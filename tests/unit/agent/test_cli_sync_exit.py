@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from device_agent import Agent
-from device_agent.agent import retry_may_help
 from device_agent.outcomes import ServerError, Throttled
+from device_agent.sync_failures import retry_may_help
 from tests.support.agent_cli import sync_agent
 from tests.support.protocol_server import ProtocolServer
 
