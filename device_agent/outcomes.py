@@ -9,6 +9,13 @@ from typing import Optional, Union
 
 from shared.contracts import BatchResponse, ChangesPage
 
+# A 200 whose body is not JSON: on field networks, most often a captive portal or a proxy
+# answering in the cloud's place (it passes), else an endpoint that is not a FieldSync API.
+NOT_JSON = (
+    "the answer is not JSON: a captive portal or proxy on this network (sign in to it), "
+    "or an endpoint that is not a FieldSync API"
+)
+
 
 @dataclass(frozen=True)
 class Traffic:

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from typing import Union
 
-from device_agent.outcomes import AuthFailed, Failure, ServerError, Throttled, Unreachable
-from device_agent.transport import NOT_JSON
+from device_agent.outcomes import (
+    NOT_JSON,
+    AuthFailed,
+    Failure,
+    ServerError,
+    Throttled,
+    Unreachable,
+)
 
 
 class Stop(Exception):

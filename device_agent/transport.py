@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
 from device_agent.outcomes import (
+    NOT_JSON,
     Accepted,
     AuthFailed,
     BadRequest,
@@ -54,12 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("device_agent.transport")
 
 DEFAULT_GZIP_THRESHOLD = 8 * 1024
-# A 200 whose body is not JSON: on field networks, most often a captive portal or a proxy
-# answering in the cloud's place (it passes), else an endpoint that is not a FieldSync API.
-NOT_JSON = (
-    "the answer is not JSON: a captive portal or proxy on this network (sign in to it), "
-    "or an endpoint that is not a FieldSync API"
-)
 # Bytes of the batch envelope around the ops: {"batch_id":"<36>","ops":[...]} and commas.
 _ENVELOPE_BYTES = 64
 
