@@ -154,12 +154,15 @@ def _stats(args: argparse.Namespace, resources: StackResources) -> int:
 
 def _describe(exc: BaseException) -> Optional[str]:
     """A one-line reason for an AWS or store failure, with what to check."""
-    from botocore.exceptions import (
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        NoRegionError,
-    )
+    try:
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            NoRegionError,
+        )
+    except ModuleNotFoundError:  # (then no failure can be one of these)
+        return None
 
     seen: Optional[BaseException] = exc
     while seen is not None:
@@ -193,6 +196,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except AdminError as exc:
         print(f"sync-admin: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        print(
+            f"sync-admin: {exc.name} is not installed: sync-admin needs the 'cloud' extras "
+            "(boto3) - `pip install '.[cloud]'` in a checkout",
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:  # one line, never a traceback
         from shared.errors import FieldSyncError

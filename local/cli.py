@@ -16,7 +16,6 @@ from types import FrameType
 from typing import Optional
 
 from local.errors import LocalCloudError
-from local.server import DEV_DEVICE, DEV_TENANT, LocalCloud, ServeOptions
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8787"
 SHUTDOWN_GRACE_S = 25.0
@@ -95,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: moto, PyYAML and the SAM translator are the 'local' extras, which a
+    # device's `pip install` leaves out (main says so in one line).
+    from local.server import DEV_DEVICE, DEV_TENANT, LocalCloud, ServeOptions
+
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -187,6 +190,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     except LocalCloudError as exc:
         print(f"sync-local: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        print(
+            f"sync-local: {exc.name} is not installed: the local cloud needs the 'local' extras "
+            "- run `make demo` in a checkout, or `pip install '.[local]'` there",
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:  # one line, never a traceback, for anything unforeseen
         print(f"sync-local: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
