@@ -52,6 +52,7 @@ STAMPS_OUT = "stamps_out"
 _UNSETTLED_KEPT = 64
 _NODE_RE = re.compile(rf"^{NODE_PATTERN}\Z")
 
+# What each kv row holds, and what to do when it is damaged (DamagedDatabase messages).
 _ROWS = {
     "settings": ("settings", REINIT),
     "device_id": ("device id", REIDENTIFY),
